@@ -1,0 +1,198 @@
+"""Content-addressed local store of verified compiled artifacts.
+
+    <dir>/<key[:2]>/<key>/      an entry: the loadable folder + manifest.json + logs/
+    <dir>/.tmp/<key>-<rand>/    entries being built (same filesystem, renamed into place)
+    <dir>/.locks/<key>.lock     per-key filelock: one compile per key across processes
+    <dir>/.failures/<key>.json  why a key failed last time (retried unless retry_failed=false)
+
+An entry only exists once it passed verification; it is written in a temp dir and renamed
+into place, so a crash never leaves a half entry. Every file's sha256 is in the manifest
+and checked before the entry is used.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from filelock import FileLock
+
+MANIFEST = "manifest.json"
+LAST_USED = ".last_used"
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def file_table(folder: Path) -> dict[str, dict[str, Any]]:
+    """relative path -> {sha256, size} for every file of a folder but the manifest and dot files."""
+    out = {}
+    for p in sorted(folder.rglob("*")):
+        rel = p.relative_to(folder).as_posix()
+        if p.is_file() and rel != MANIFEST and not any(part.startswith(".") for part in rel.split("/")):
+            out[rel] = {"sha256": sha256_file(p), "size": p.stat().st_size}
+    return out
+
+
+def check_integrity(folder: Path, manifest: dict) -> str | None:
+    """None when every file listed in the manifest is present with its size and sha256."""
+    for rel, meta in manifest.get("files", {}).items():
+        p = folder / rel
+        if not p.is_file():
+            return f"{rel}: missing"
+        if p.stat().st_size != meta["size"]:
+            return f"{rel}: size {p.stat().st_size} != {meta['size']}"
+        if sha256_file(p) != meta["sha256"]:
+            return f"{rel}: sha256 mismatch"
+    return None
+
+
+def now_iso() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+class Cache:
+    def __init__(self, root: str | Path):
+        self.root = Path(root)
+
+    def entry_dir(self, key: str) -> Path:
+        return self.root / key[:2] / key
+
+    def lock(self, key: str, timeout: float = -1) -> FileLock:
+        (self.root / ".locks").mkdir(parents=True, exist_ok=True)
+        return FileLock(str(self.root / ".locks" / f"{key}.lock"), timeout=timeout)
+
+    # ---- lookups
+    def manifest(self, key: str) -> dict | None:
+        p = self.entry_dir(key) / MANIFEST
+        try:
+            return json.loads(p.read_text())
+        except (OSError, ValueError):
+            return None
+
+    def status(self, key: str) -> str:
+        """hit | failed-before | miss, from files only (fast; integrity is checked on use)."""
+        if (self.entry_dir(key) / MANIFEST).is_file():
+            return "hit"
+        if (self.root / ".failures" / f"{key}.json").is_file():
+            return "failed-before"
+        return "miss"
+
+    def lookup(self, key: str) -> tuple[Path | None, str | None]:
+        """(entry folder, None) for a sound entry; (None, reason) when a broken entry was
+        found and removed (so it gets rebuilt); (None, None) when there is none."""
+        folder = self.entry_dir(key)
+        manifest = self.manifest(key)
+        if manifest is None:
+            return None, None
+        problem = check_integrity(folder, manifest)
+        if problem is not None:
+            self._discard(folder)
+            return None, f"cache entry {key[:12]} failed its integrity check ({problem}); rebuilding"
+        (folder / LAST_USED).touch()
+        return folder, None
+
+    def find_prefix(self, prefix: str) -> list[str]:
+        prefix = prefix.lower()
+        if len(prefix) < 2:
+            return []
+        shard = self.root / prefix[:2]
+        found = [p.name for p in shard.glob(f"{prefix}*") if (p / MANIFEST).is_file()] if shard.is_dir() else []
+        fails = self.root / ".failures"
+        found += [p.stem for p in fails.glob(f"{prefix}*.json")] if fails.is_dir() else []
+        return sorted(set(found))
+
+    # ---- building entries
+    def new_tmp(self, key: str) -> Path:
+        (self.root / ".tmp").mkdir(parents=True, exist_ok=True)
+        return Path(tempfile.mkdtemp(prefix=f"{key}-", dir=self.root / ".tmp"))
+
+    def clear_stale_tmp(self, key: str) -> None:
+        """Under the key's lock nobody else builds this key: leftovers are from a crash."""
+        for p in (self.root / ".tmp").glob(f"{key}-*"):
+            shutil.rmtree(p, ignore_errors=True)
+
+    def commit(self, key: str, tmp: Path, manifest: dict) -> Path:
+        """Write the manifest (with the file table) and rename the temp dir into place."""
+        manifest = dict(manifest, key=key, files=file_table(tmp), created_at=now_iso())
+        with open(tmp / MANIFEST, "w") as f:
+            json.dump(manifest, f, indent=1, sort_keys=True)
+            f.flush()
+            os.fsync(f.fileno())
+        dest = self.entry_dir(key)
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        if dest.exists():
+            self._discard(dest)
+        os.rename(tmp, dest)
+        self.clear_failure(key)
+        return dest
+
+    def _discard(self, folder: Path) -> None:
+        """Move aside first (atomic), then delete, so a reader never sees a half-deleted entry."""
+        trash = self.root / ".tmp" / f"discard-{folder.name}-{os.getpid()}-{time.time_ns()}"
+        trash.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            os.rename(folder, trash)
+        except OSError:
+            return
+        shutil.rmtree(trash, ignore_errors=True)
+
+    # ---- failures
+    def record_failure(self, key: str, record: dict) -> None:
+        d = self.root / ".failures"
+        d.mkdir(parents=True, exist_ok=True)
+        tmp = d / f".{key}.{os.getpid()}.tmp"
+        tmp.write_text(json.dumps(dict(record, key=key, failed_at=now_iso()), indent=1, sort_keys=True))
+        os.replace(tmp, d / f"{key}.json")
+
+    def failure(self, key: str) -> dict | None:
+        try:
+            return json.loads((self.root / ".failures" / f"{key}.json").read_text())
+        except (OSError, ValueError):
+            return None
+
+    def clear_failure(self, key: str) -> None:
+        (self.root / ".failures" / f"{key}.json").unlink(missing_ok=True)
+
+    # ---- garbage collection
+    def entries(self) -> list[Path]:
+        return [p.parent for p in self.root.glob(f"??/*/{MANIFEST}")]
+
+    def gc(self, max_size_bytes: int, stale_tmp_hours: float) -> dict:
+        """Remove stale temp dirs, then least-recently-used entries until under the cap."""
+        removed_tmp = 0
+        cutoff = time.time() - stale_tmp_hours * 3600
+        for p in (self.root / ".tmp").glob("*") if (self.root / ".tmp").is_dir() else []:
+            if p.stat().st_mtime < cutoff:
+                shutil.rmtree(p, ignore_errors=True)
+                removed_tmp += 1
+
+        def size(folder: Path) -> int:
+            return sum(f.stat().st_size for f in folder.rglob("*") if f.is_file())
+
+        def last_used(folder: Path) -> float:
+            marker = folder / LAST_USED
+            return marker.stat().st_mtime if marker.exists() else (folder / MANIFEST).stat().st_mtime
+
+        entries = sorted(((last_used(e), size(e), e) for e in self.entries()), key=lambda t: t[0])
+        total = sum(s for _, s, _ in entries)
+        removed = []
+        for _, s, e in entries:
+            if total <= max_size_bytes:
+                break
+            with self.lock(e.name):
+                self._discard(e)
+            total -= s
+            removed.append(e.name)
+        return {"removed_entries": removed, "removed_tmp": removed_tmp, "size_bytes": total, "kept": len(entries) - len(removed)}

@@ -1,0 +1,154 @@
+"""What each mode does. `dispatch` returns the exit code (see the CLI contract)."""
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+
+from pipeline import keys
+from pipeline.config import ConfigError, validate
+
+# Wide enough for the plan table when piped (CI logs), the terminal's width otherwise.
+_width = None if sys.stdout.isatty() else 160
+console = Console(stderr=False, highlight=False, width=_width)
+err = Console(stderr=True, highlight=False, width=_width)
+
+
+def dispatch(cfg: dict) -> int:
+    cfg.pop("hydra", None)
+    try:
+        resolved = validate(cfg) if cfg.get("mode") != "gc" and cfg.get("mode") != "explain" else None
+    except ConfigError as e:
+        err.print(f"[bold red]config error[/] ({len(e.errors)} problem{'s' * (len(e.errors) != 1)}):")
+        for line in e.errors:
+            err.print(f"  {line}", markup=False)
+        return 2
+    mode = cfg.get("mode", "run")
+    if mode == "validate":
+        n = len(_plan_or_exit(resolved))
+        console.print(f"config OK: {len(resolved.models)} models, {n} jobs")
+        return 0
+    if mode == "plan":
+        return plan_mode(resolved)
+    if mode == "explain":
+        return explain_mode(cfg)
+    if mode == "gc":
+        return gc_mode(cfg)
+    from pipeline.run import run
+
+    return run(resolved, _plan_or_exit(resolved))
+
+
+def _plan_or_exit(resolved) -> list[dict]:
+    from pipeline.models import RevisionError
+    from pipeline.plan import plan
+
+    try:
+        return plan(resolved)
+    except RevisionError as e:
+        err.print(f"[bold red]cannot plan[/]: {e}", markup=True)
+        raise SystemExit(2)
+
+
+def plan_mode(resolved) -> int:
+    from pipeline.cache import Cache
+    from pipeline.plan import write_plan
+    from pipeline.report import new_run_dir
+
+    jobs = _plan_or_exit(resolved)
+    cache = Cache(resolved.cfg["cache"]["dir"])
+    table = Table(title=f"plan: {len(jobs)} jobs")
+    for col in ("#", "model", "task", "batch", "seq", "cast", "backend", "key", "status"):
+        table.add_column(col)
+    counts: dict[str, int] = {}
+    for i, job in enumerate(jobs, 1):
+        status = cache.status(job["key"])
+        counts[status] = counts.get(status, 0) + 1
+        style = {"hit": "green", "failed-before": "red"}.get(status, "yellow")
+        table.add_row(str(i), job["model"]["name"], job["task"], str(job["shapes"].get("batch_size")),
+                      str(job["shapes"].get("sequence_length")), job["cast_type"], job["backend"],
+                      keys.short(job["key"]), f"[{style}]{status}[/]")
+    console.print(table)
+    console.print(", ".join(f"{v} {k}" for k, v in sorted(counts.items())) or "nothing to do")
+    run_dir = new_run_dir(resolved.cfg["report"]["dir"])
+    write_plan(jobs, run_dir / "plan.json")
+    console.print(f"plan written to {run_dir / 'plan.json'}")
+    return 0
+
+
+def _known_specs(cfg: dict) -> dict[str, dict]:
+    """key -> spec from the cache (entries, failures) and recent plans."""
+    from pipeline.cache import Cache
+
+    cache = Cache(cfg["cache"]["dir"])
+    out: dict[str, dict] = {}
+    for entry in cache.entries():
+        m = cache.manifest(entry.name)
+        if m and "spec" in m:
+            out[entry.name] = m["spec"]
+    for f in (cache.root / ".failures").glob("*.json") if (cache.root / ".failures").is_dir() else []:
+        rec = cache.failure(f.stem)
+        if rec and "spec" in rec:
+            out.setdefault(f.stem, rec["spec"])
+    runs = Path(cfg["report"]["dir"])
+    for plan_file in sorted(runs.glob("*/plan.json"), reverse=True)[:20] if runs.is_dir() else []:
+        try:
+            for job in json.loads(plan_file.read_text())["jobs"]:
+                out.setdefault(job["key"], job["spec"])
+        except (OSError, ValueError, KeyError):
+            continue
+    return out
+
+
+def _find(specs: dict[str, dict], prefix: str) -> tuple[str, dict] | None:
+    hits = [k for k in specs if k.startswith(prefix.lower())]
+    if len(hits) == 1:
+        return hits[0], specs[hits[0]]
+    if not hits:
+        err.print(f"no known key starts with {prefix!r} (searched the cache, its failures and recent plans)")
+    else:
+        err.print(f"{prefix!r} is ambiguous: {', '.join(keys.short(h) for h in hits)}")
+    return None
+
+
+def explain_mode(cfg: dict) -> int:
+    if not cfg.get("key"):
+        err.print("mode=explain needs key=<key or prefix> (and optionally against=<other key>)")
+        return 2
+    specs = _known_specs(cfg)
+    a = _find(specs, str(cfg["key"]))
+    if a is None:
+        return 2
+    if cfg.get("against"):
+        b = _find(specs, str(cfg["against"]))
+        if b is None:
+            return 2
+        rows = keys.diff(a[1], b[1])
+        table = Table(title=f"{keys.short(a[0])} vs {keys.short(b[0])}: {len(rows)} fields differ")
+        for col in ("field", keys.short(a[0]), keys.short(b[0])):
+            table.add_column(col)
+        for path, va, vb in rows:
+            table.add_row(path, json.dumps(va), json.dumps(vb))
+        console.print(table)
+        return 0
+    assert keys.key_of(a[1]) == a[0], "stored spec does not hash to its key"
+    table = Table(title=f"key {a[0]}")
+    table.add_column("field")
+    table.add_column("value")
+    for path, value in keys.flatten(a[1]).items():
+        table.add_row(path, json.dumps(value))
+    console.print(table)
+    return 0
+
+
+def gc_mode(cfg: dict) -> int:
+    from pipeline.cache import Cache
+
+    result = Cache(cfg["cache"]["dir"]).gc(int(cfg["cache"]["max_size_gb"] * 1e9), cfg["cache"]["stale_tmp_hours"])
+    console.print(f"gc: removed {len(result['removed_entries'])} entries and {result['removed_tmp']} temp dirs; "
+                  f"{result['kept']} entries kept, {result['size_bytes'] / 1e6:.1f} MB")
+    return 0

@@ -1,0 +1,64 @@
+"""Spec -> key, and `explain`.
+
+A key is the sha256 of the canonical JSON of a spec: sorted keys, no whitespace, ASCII,
+no NaN. Python's json module formats floats with repr(), which does not depend on the
+locale, so the same spec gives the same key on every machine.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Any
+
+# Bump when the export/compile code changes in a way that changes the compiled bytes.
+RECIPE_VERSION = "2026.11.27"
+
+# Equivalent spellings of a cast type map to one canonical name, so they share a key.
+CAST_TYPE_ALIASES = {
+    "fp32": "fp32", "float32": "fp32", "float": "fp32",
+    "bf16": "bf16", "bfloat16": "bf16",
+    "fp16": "fp16", "float16": "fp16", "half": "fp16",
+    "int8": "int8", "qint8": "int8",
+}
+CAST_TYPES = ("fp32", "bf16", "fp16", "int8")
+AUTO_CAST_SCOPES = ("none", "matmul", "all")
+SHORT = 12
+
+
+def canonical_cast_type(name: str) -> str | None:
+    """The canonical cast type for a spelling, or None when it is not one."""
+    return CAST_TYPE_ALIASES.get(str(name).lower())
+
+
+def canonical_json(obj: Any) -> str:
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=True, allow_nan=False)
+
+
+def key_of(spec: dict) -> str:
+    return hashlib.sha256(canonical_json(spec).encode("ascii")).hexdigest()
+
+
+def short(key: str) -> str:
+    return key[:SHORT]
+
+
+def flatten(obj: Any, prefix: str = "") -> dict[str, Any]:
+    """Dotted path -> leaf value, for explain and diff."""
+    if isinstance(obj, dict) and obj:
+        out: dict[str, Any] = {}
+        for k in sorted(obj):
+            out.update(flatten(obj[k], f"{prefix}.{k}" if prefix else str(k)))
+        return out
+    return {prefix: obj}
+
+
+def diff(a: dict, b: dict) -> list[tuple[str, Any, Any]]:
+    """Fields whose values differ between two specs: (path, value in a, value in b)."""
+    fa, fb = flatten(a), flatten(b)
+    missing = object()
+    rows = []
+    for path in sorted(set(fa) | set(fb)):
+        va, vb = fa.get(path, missing), fb.get(path, missing)
+        if va != vb:
+            rows.append((path, None if va is missing else va, None if vb is missing else vb))
+    return rows

@@ -1,0 +1,119 @@
+"""Matrix expansion: product + include - exclude, dedup by key, stable order, shards.
+
+Planning reads config.json files and hashes local weights, but never loads a model.
+"""
+from __future__ import annotations
+
+import itertools
+import json
+from pathlib import Path
+from typing import Any, Iterator
+
+from pipeline import keys
+from pipeline.config import Resolved, parse_shard
+from pipeline.tasks import TASKS
+
+
+def _shape(shape: dict, model) -> dict:
+    out = {"batch_size": shape.get("batch_size"), "sequence_length": shape.get("sequence_length")}
+    if out["sequence_length"] is None and TASKS[model.task].decoder:
+        out["sequence_length"] = model.max_positions  # decoders: prompt + generated, default the model's max
+    return out
+
+
+def _matches(combo: dict, pattern: dict) -> bool:
+    values = {
+        "model": (combo["model"].name, combo["model"].id),
+        "task": (combo["model"].task,),
+        "batch_size": (combo["shapes"]["batch_size"],),
+        "sequence_length": (combo["shapes"]["sequence_length"],),
+        "cast_type": (combo["cast_type"],),
+    }
+    for k, v in pattern.items():
+        v = keys.canonical_cast_type(v) if k == "cast_type" else v
+        if v not in values.get(k, ()):
+            return False
+    return True
+
+
+def combinations(cfg: dict, models: list) -> Iterator[dict[str, Any]]:
+    """Every (model, shape, cast type) of the matrix, with the config paths it came from."""
+    m = cfg["matrix"]
+    shapes = list(enumerate(m["shapes"]))
+    casts = [(i, keys.canonical_cast_type(c)) for i, c in enumerate(m["cast_types"])]
+    excludes = m.get("exclude") or []
+    for model, (j, shape), (i, cast) in itertools.product(models, shapes, casts):
+        combo = {"model": model, "shapes": _shape(shape, model), "cast_type": cast,
+                 "where": {"shape": f"matrix.shapes[{j}]", "cast_type": f"matrix.cast_types[{i}]"}}
+        if not any(_matches(combo, ex) for ex in excludes):
+            yield combo
+    for k, inc in enumerate(m.get("include") or []):
+        for model in models:
+            if inc.get("model") not in (model.name, model.id):
+                continue
+            given = {a: inc[a] for a in ("batch_size", "sequence_length") if a in inc}
+            inc_shapes = [dict(s, **given) for s in m["shapes"]] if len(given) < 2 else [given]
+            inc_casts = [keys.canonical_cast_type(inc["cast_type"])] if "cast_type" in inc else [c for _, c in casts]
+            for shape, cast in itertools.product(inc_shapes, inc_casts):
+                yield {"model": model, "shapes": _shape(shape, model), "cast_type": cast,
+                       "where": {"shape": f"matrix.include[{k}]", "cast_type": f"matrix.include[{k}].cast_type"}}
+
+
+def build_spec(model, task: str, shapes: dict, cast_type: str, auto_cast: str, dynamic_batch_size: bool, backend) -> dict:
+    """Everything that decides the compiled bytes. Verification settings are not in it."""
+    cast = keys.canonical_cast_type(cast_type)
+    return {
+        "model": model.spec_model(),
+        "task": task,
+        "shapes": {k: int(v) for k, v in shapes.items() if v is not None},
+        "cast_type": cast,
+        "auto_cast": "none" if cast == "fp32" else auto_cast,
+        "dynamic_batch_size": bool(dynamic_batch_size),
+        "backend": {"name": backend.name, "options": {k: v for k, v in backend.options.items() if k != "name"}},
+        "toolchain": backend.toolchain(),
+        "recipe": keys.RECIPE_VERSION,
+    }
+
+
+def plan(resolved: Resolved) -> list[dict]:
+    """Jobs in stable order, deduplicated by key, restricted to the configured shard."""
+    from pipeline.backends import get_backend
+
+    cfg = resolved.cfg
+    backend = get_backend(cfg["backend"]["name"], cfg["backend"])
+    m = cfg["matrix"]
+    jobs, seen = [], set()
+    for combo in combinations(cfg, resolved.models):
+        model = combo["model"]
+        spec = build_spec(model, model.task, combo["shapes"], combo["cast_type"], m["auto_cast"], m["dynamic_batch_size"], backend)
+        key = keys.key_of(spec)
+        if key in seen:
+            continue
+        seen.add(key)
+        tolerance = {k: v for k, v in cfg["verify"]["tolerances"].get(spec["cast_type"], {}).items() if v is not None}
+        jobs.append({
+            "key": key,
+            "spec": spec,
+            "model": {"name": model.name, "id": model.id, "path": model.path, "local": model.local, "revision": spec["model"]["revision"]},
+            "task": model.task,
+            "shapes": spec["shapes"],
+            "cast_type": spec["cast_type"],
+            "backend": backend.name,
+            "verify": {"tolerance": tolerance, "generate_tokens": cfg["verify"]["generate_tokens"], "seed": cfg["verify"]["seed"]},
+            "timeout_s": cfg["timeout_s"],
+        })
+    shard = parse_shard(cfg.get("shard"))
+    if shard:
+        i, n = shard
+        jobs = [j for j in jobs if int(j["key"], 16) % n == i - 1]
+    return jobs
+
+
+def describe(job: dict) -> str:
+    s = job["shapes"]
+    return f"{job['model']['name']} {job['task']} b{s.get('batch_size')} s{s.get('sequence_length')} {job['cast_type']} {job['backend']}"
+
+
+def write_plan(jobs: list[dict], path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"jobs": jobs}, indent=1, sort_keys=True))
