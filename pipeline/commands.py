@@ -29,8 +29,10 @@ def dispatch(cfg: dict) -> int:
         return 2
     mode = cfg.get("mode", "run")
     if mode == "validate":
-        n = len(_plan_or_exit(resolved))
-        console.print(f"config OK: {len(resolved.models)} models, {n} jobs")
+        from pipeline.plan import combinations
+
+        n = sum(1 for _ in combinations(resolved.cfg, resolved.models))
+        console.print(f"config OK: {len(resolved.models)} models, {n} combinations (revisions are resolved by mode=plan/run)")
         return 0
     if mode == "plan":
         return plan_mode(resolved)

@@ -314,7 +314,7 @@ def validate(cfg: dict) -> Resolved:
         errors.append(f"backend.name: {bname!r} is not a known backend; known: {', '.join(MODULES)}")
     else:
         before = len(errors)
-        _check_type(backend_cfg, options_class(bname), "backend", errors)
+        _check_type({k: v for k, v in backend_cfg.items() if k != "name"}, options_class(bname), "backend", errors)
         if len(errors) == before:
             backend = get_backend(bname, backend_cfg)
 
@@ -383,12 +383,12 @@ def validate(cfg: dict) -> Resolved:
             if axis in inc and (not isinstance(inc[axis], int) or inc[axis] < 1):
                 errors.append(f"matrix.include[{j}].{axis}: must be an integer >= 1, got {inc[axis]!r}")
 
-    if errors:
-        raise ConfigError(list(dict.fromkeys(errors)))
     # per-combination checks: mandatory axes, max positions, backend rules
     from pipeline.plan import combinations
 
     for combo in combinations(cfg, [info for info, _ in models]):
+        if combo["cast_type"] is None:
+            continue  # already reported
         where = combo["where"]
         info = combo["model"]
         mpath = dict((i.name, p) for i, p in models)[info.name]

@@ -69,7 +69,7 @@ def build_spec(model, task: str, shapes: dict, cast_type: str, auto_cast: str, d
         "cast_type": cast,
         "auto_cast": "none" if cast == "fp32" else auto_cast,
         "dynamic_batch_size": bool(dynamic_batch_size),
-        "backend": {"name": backend.name, "options": {k: v for k, v in backend.options.items() if k != "name"}},
+        "backend": {"name": backend.name, "options": backend.spec_options()},
         "toolchain": backend.toolchain(),
         "recipe": keys.RECIPE_VERSION,
     }
@@ -99,6 +99,7 @@ def plan(resolved: Resolved) -> list[dict]:
             "shapes": spec["shapes"],
             "cast_type": spec["cast_type"],
             "backend": backend.name,
+            "backend_options": backend.options,
             "verify": {"tolerance": tolerance, "generate_tokens": cfg["verify"]["generate_tokens"], "seed": cfg["verify"]["seed"]},
             "timeout_s": cfg["timeout_s"],
         })

@@ -205,11 +205,13 @@ def test_toolchain_fields():
 # ---------------------------------------------------------------- validation
 
 def _errors(**kw):
+    """Validate a spec planned and checked with the same backend options."""
     model_config = kw.pop("model_config", None)
     spec = make_spec(**kw)
     if model_config is not None:
         spec["model"]["config"] = model_config
-    return NeuronBackend({}).validate(spec)
+    options = {k: v for k, v in kw.items() if k in neuron.OPTION_FIELDS}
+    return NeuronBackend(options).validate(spec)
 
 
 def test_valid_jobs_have_no_errors():
@@ -321,8 +323,18 @@ def test_validate_collects_every_error():
     assert fields == ["backend.optlevel", "backend.num_cores", "cast_type", "shapes.batch_size", "dynamic_batch_size"]
 
 
+def test_spec_without_target_takes_the_toolchain_generation():
+    """A backend rebuilt from a spec's options (no target, defaults filled in) checks a trn2 spec."""
+    spec = make_spec(target="trn2", task="text-generation", cast_type="bf16", auto_cast="matmul", num_cores=8,
+                     sequence_length=4096)
+    spec["model"]["config"] = LLAMA_70B
+    rebuilt = NeuronBackend({**neuron.dataclasses.asdict(Options()), **spec["backend"]["options"]})
+    assert rebuilt.validate(spec) == []  # 24 GiB trn2 cores: 8 suffice (16 GiB inf2 cores would not)
+
+
 def test_toolchain_generation_must_match_target():
     spec = make_spec(target="inf2")
+    spec["backend"]["options"]["target"] = "trn2"
     errors = NeuronBackend({"target": "trn2"}).validate(spec)
     assert errors == ["toolchain.target: the spec was planned for trn1 cores but backend.target is trn2 (trn2); "
                       "plan again with this target"]
@@ -515,11 +527,12 @@ def test_sdk_dynamic_batch_tiny_bert(tmp_path):
 
 
 @needs_sdk
-@pytest.mark.skipif(importlib.util.find_spec("optimum") is None or importlib.util.find_spec("optimum.neuron") is None,
-                    reason="optimum-neuron not installed; install from https://pip.repos.neuron.amazonaws.com")
 def test_sdk_compile_and_verify_tiny_llama(tmp_path):
     import torch
     import transformers
+    if neuron.missing_sdk("text-generation"):
+        pytest.skip(f"{neuron.missing_sdk('text-generation')} not installed; "
+                    "install from https://pip.repos.neuron.amazonaws.com")
     torch.manual_seed(0)
     model = transformers.LlamaForCausalLM(transformers.LlamaConfig(**TINY_LLAMA)).eval()
     backend = NeuronBackend({"num_cores": 2})

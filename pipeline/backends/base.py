@@ -22,6 +22,10 @@ class Backend:
         # options: the backend's config node minus `name`, as plain data (JSON-able).
         self.options = dict(options)
 
+    def spec_options(self) -> dict[str, Any]:
+        """The options as they belong in a spec (and key): those that change the compiled bytes."""
+        return {k: v for k, v in self.options.items() if k != "name"}
+
     def available(self) -> str | None:
         """None when this backend can compile here, else a one-line reason."""
         raise NotImplementedError

@@ -29,10 +29,12 @@ from pipeline import keys
 from pipeline.backends.base import Backend, BackendUnavailable
 
 NEURON_INDEX_URL = "https://pip.repos.neuron.amazonaws.com"
-INSTALL_HINT = (
-    f"install the AWS Neuron SDK from AWS's pip index, not PyPI (PyPI only has placeholders): "
-    f"pip install --extra-index-url {NEURON_INDEX_URL} neuronx-cc torch-neuronx optimum-neuron"
-)
+
+
+def install_hint(distributions: list[str]) -> str:
+    return (f"install them from AWS's pip index, not PyPI (PyPI only has placeholders): "
+            f"pip install --extra-index-url {NEURON_INDEX_URL} {' '.join(distributions)}")
+
 
 TARGETS = ("inf2", "trn1", "trn1n", "trn2")
 # inf2, trn1 and trn1n are all NeuronCore-v2 and compile to the same bytes for `--target trn1`
@@ -289,7 +291,8 @@ def runtime_env(num_cores: int, first_core: int | None = None) -> dict[str, str]
 
 
 def missing_sdk(task: str | None = None, decoder_engine: str = "nxdi") -> list[str]:
-    """Human names of the SDK parts missing here for `task` (all tasks when None)."""
+    """The SDK parts missing here for `task` (all tasks when None), as
+    "<distribution> (<what to import>...)"; the distribution name is the first word."""
     missing = []
     needs_encoder = task is None or not is_decoder(task)
     needs_decoder = task is None or is_decoder(task)
@@ -310,6 +313,13 @@ def missing_sdk(task: str | None = None, decoder_engine: str = "nxdi") -> list[s
         if not needs_encoder and not (_has_module("neuronxcc") or shutil.which("neuronx-cc")):
             missing.append("neuronx-cc (module neuronxcc / the neuronx-cc command)")
     return missing
+
+
+def _missing_reason(missing: list[str]) -> str | None:
+    if not missing:
+        return None
+    dists = list(dict.fromkeys(m.split(" ", 1)[0] for m in missing))
+    return f"AWS Neuron SDK missing: {'; '.join(missing)}; {install_hint(dists)}"
 
 
 # ---------------------------------------------------------------- parameter estimate
@@ -365,10 +375,7 @@ class NeuronBackend(Backend):
     def available(self, task: str | None = None) -> str | None:
         """None when the SDK parts needed for `task` (every task when None) import here.
         Compiling needs no device (cpu_backend); running and verifying do."""
-        missing = missing_sdk(task, self.opts.decoder_engine)
-        if not missing:
-            return None
-        return f"AWS Neuron SDK missing: {'; '.join(missing)}; {INSTALL_HINT}"
+        return _missing_reason(missing_sdk(task, self.opts.decoder_engine))
 
     def toolchain(self) -> dict[str, Any]:
         tc = {dist: _version(dist) for dist in SDK_DISTRIBUTIONS}
@@ -386,8 +393,15 @@ class NeuronBackend(Backend):
     def _job_options(self, job: dict[str, Any]) -> dict[str, Any]:
         """This backend's options overlaid with the job's (a spec's options lack `target`)."""
         backend = job.get("backend") or {}
-        job_options = backend.get("options") if isinstance(backend, dict) else None
-        return {**self.options, **(job_options or {})}
+        job_options = (backend.get("options") if isinstance(backend, dict) else None) or {}
+        merged = {**self.options, **job_options}
+        # A spec holds the core generation (toolchain.target), not the family: when the job
+        # names no target, one of that generation stands in for this backend's default.
+        gen = (job.get("toolchain") or {}).get("target")
+        if "target" not in job_options and gen in ("trn1", "trn2"):
+            current = merged.get("target", Options.target)
+            merged["target"] = current if TARGET_GENERATION.get(current) == gen else gen
+        return merged
 
     def validate(self, job: dict[str, Any]) -> list[str]:
         opts, errors = parse_options(self._job_options(job))
@@ -442,7 +456,7 @@ class NeuronBackend(Backend):
             if opts.compiler_args:
                 errors.append("backend.compiler_args: not applied to text-generation (optimum-neuron sets the "
                               "decoder's neuronx-cc flags itself); remove them for decoder jobs")
-            if opts.optlevel != Options.optlevel:
+            if opts.optlevel in OPTLEVELS and opts.optlevel != Options.optlevel:
                 errors.append("backend.optlevel: not applied to text-generation (the decoder graphs use their "
                               "own optlevels); leave it at 2 for decoder jobs")
             if opts.decoder_engine == "transformers-neuronx" and opts.target == "trn2":
@@ -479,10 +493,10 @@ class NeuronBackend(Backend):
         workdir = Path(workdir)
         workdir.mkdir(parents=True, exist_ok=True)
         task = spec.get("task")
-        reason = self.available(task)
+        opts = parse_options(self._job_options(spec))[0]
+        reason = _missing_reason(missing_sdk(task, opts.decoder_engine))
         if reason:
             raise BackendUnavailable(reason)
-        opts = parse_options(self._job_options(spec))[0]
         problems = self.validate(spec)
         if problems:
             raise ValueError("neuron job is not valid: " + "; ".join(problems))
@@ -592,9 +606,9 @@ class NeuronBackend(Backend):
         num_cores = int(section.get("num_cores") or 1)
         if section.get("task") in DECODER_TASKS:
             return self._load_decoder(folder, section)
-        reason = missing_sdk("feature-extraction")
+        reason = _missing_reason(missing_sdk("feature-extraction"))
         if reason:
-            raise BackendUnavailable(f"AWS Neuron SDK missing: {'; '.join(reason)}; {INSTALL_HINT}")
+            raise BackendUnavailable(reason)
         if "NEURON_RT_VISIBLE_CORES" not in os.environ and "NEURON_RT_NUM_CORES" not in os.environ:
             os.environ.update(runtime_env(num_cores))
         import torch
@@ -644,7 +658,7 @@ def output_names_of(outputs: Any) -> list[str]:
 
 
 def _is_tensor(x: Any) -> bool:
-    return type(x).__name__ in ("Tensor", "Parameter") or hasattr(x, "dtype") and hasattr(x, "shape")
+    return type(x).__name__ in ("Tensor", "Parameter") or (hasattr(x, "dtype") and hasattr(x, "shape"))
 
 
 def _tuple_wrapper_class():
@@ -695,16 +709,31 @@ class EncoderRunner:
 
 
 class DecoderRunner:
-    """A loaded optimum-neuron causal LM. Returns greedy `sequences` and, when the model
-    samples on the host, the raw `next_token_logits` of the first generated step (the prefill
-    graph computes logits at the last prompt position only, not over the whole prompt)."""
+    """A loaded optimum-neuron causal LM.
+
+    Called with input tensors it returns greedy `sequences` and, when the model samples on the
+    host, `next_token_logits` ([batch, vocab]) of the first generated step: the prefill graph
+    computes logits at the last prompt position only, not over the whole prompt."""
 
     def __init__(self, model: Any):
         self.model = model
 
+    def generate(self, input_ids: Any, attention_mask: Any = None, max_new_tokens: int = 1, **kwargs: Any) -> Any:
+        kwargs.setdefault("do_sample", False)
+        return self.model.generate(input_ids, attention_mask=attention_mask, max_new_tokens=max_new_tokens, **kwargs)
+
+    def prefill_logits(self, input_ids: Any, attention_mask: Any = None) -> Any:
+        """Logits for the token after the prompt, [batch, vocab]."""
+        out = self.generate(input_ids, attention_mask, max_new_tokens=1,
+                            return_dict_in_generate=True, output_logits=True)
+        if not getattr(out, "logits", None):
+            raise RuntimeError("this artifact samples on the device (on_device_sampling): no logits come back; "
+                               "compare generated tokens instead")
+        return out.logits[0]
+
     def __call__(self, input_ids: Any, attention_mask: Any = None, max_new_tokens: int = 1, **_: Any) -> dict[str, Any]:
-        out = self.model.generate(input_ids, attention_mask=attention_mask, max_new_tokens=max_new_tokens,
-                                  do_sample=False, return_dict_in_generate=True, output_logits=True)
+        out = self.generate(input_ids, attention_mask, max_new_tokens=max_new_tokens,
+                            return_dict_in_generate=True, output_logits=True)
         result = {"sequences": out.sequences}
         if getattr(out, "logits", None):
             result["next_token_logits"] = out.logits[0]

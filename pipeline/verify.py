@@ -1,0 +1,125 @@
+"""Reference outputs, metrics and the gate.
+
+The reference is the original model on CPU in fp32, eager, on the same inputs; it is stored
+per (model revision, task, shapes, seed) and reused across cast types and backends.
+Metrics cover non-pad positions only: pad positions carry the largest, meaningless errors.
+
+    python -m pipeline.verify ARTIFACT_DIR INPUTS.safetensors OUTPUTS.safetensors
+runs a compiled artifact in a fresh process: proof that it loads without the model's code.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+REF_VERSION = "ref-1"
+
+
+def reference_path(cache_root: Path, spec: dict, seed: int, extra: Any = None) -> Path:
+    ident = json.dumps([REF_VERSION, spec["model"], spec["task"], spec["shapes"], seed, extra], sort_keys=True)
+    return Path(cache_root) / ".refs" / (hashlib.sha256(ident.encode()).hexdigest() + ".safetensors")
+
+
+def save_tensors(tensors: dict, path: Path) -> None:
+    """Atomic safetensors write (temp + rename)."""
+    from safetensors.torch import save_file
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp))
+    os.replace(tmp, path)
+
+
+def load_tensors(path: Path) -> dict:
+    from safetensors.torch import load_file
+
+    return load_file(str(path))
+
+
+def _valid_mask(ref, mask):
+    """Bool mask over the leading dims of `ref` selecting non-pad positions."""
+    import torch
+
+    if mask is not None and ref.dim() >= 2 and tuple(ref.shape[:2]) == tuple(mask.shape):
+        return mask.bool()
+    return torch.ones(ref.shape[:1], dtype=torch.bool)
+
+
+def output_metrics(ref, got, mask=None, argmax: bool = False, atol: float | None = None, rtol: float | None = None) -> dict:
+    import torch
+
+    ref, got = ref.detach().float(), got.detach().float()
+    if ref.shape != got.shape:
+        return {"shape_mismatch": f"{tuple(got.shape)} != reference {tuple(ref.shape)}"}
+    sel = _valid_mask(ref, mask)
+    r, g = ref[sel], got[sel]  # [n_valid, ...]
+    d = (g - r).abs()
+    norm = r.norm().item()
+    m = {
+        "max_abs": d.max().item() if d.numel() else 0.0,
+        "mean_abs": d.mean().item() if d.numel() else 0.0,
+        "rel_error": (g - r).norm().item() / norm if norm > 0 else float(d.max().item() if d.numel() else 0.0),
+        "cosine": torch.nn.functional.cosine_similarity(g.flatten(), r.flatten(), dim=0, eps=1e-12).item(),
+        "nonfinite": int((~torch.isfinite(g)).sum().item()),
+    }
+    if r.dim() >= 2:  # per position (token or row) cosine, worst case
+        m["min_position_cosine"] = torch.nn.functional.cosine_similarity(g.flatten(1), r.flatten(1), dim=1, eps=1e-12).min().item()
+    if argmax:
+        m["argmax_agreement"] = (g.argmax(-1) == r.argmax(-1)).float().mean().item()
+    if atol is not None or rtol is not None:
+        bound = (atol or 0.0) + (rtol or 0.0) * r.abs()
+        m["allclose_violations"] = int((d > bound).sum().item())
+    return m
+
+
+def gate(metrics: dict[str, dict], tolerance: dict) -> str | None:
+    """None when every output is within tolerance, else the first broken metric, named."""
+    for name, m in metrics.items():
+        if "shape_mismatch" in m:
+            return f"{name}: shape {m['shape_mismatch']}"
+        if m.get("nonfinite"):
+            return f"{name}: {m['nonfinite']} non-finite values"
+        if m.get("allclose_violations"):
+            return (f"{name}: max_abs {m['max_abs']:.3g} exceeds atol {tolerance.get('atol')} + rtol {tolerance.get('rtol')}"
+                    f" at {m['allclose_violations']} positions")
+        checks = [
+            ("rel_error", "max_rel_error", lambda v, t: v <= t, ">"),
+            ("cosine", "min_cosine", lambda v, t: v >= t, "<"),
+            ("min_position_cosine", "min_cosine", lambda v, t: v >= t, "<"),
+            ("argmax_agreement", "min_argmax_agreement", lambda v, t: v >= t, "<"),
+            ("token_agreement", "min_token_agreement", lambda v, t: v >= t, "<"),
+        ]
+        for metric, tol, ok, sign in checks:
+            if metric in m and tolerance.get(tol) is not None and not ok(m[metric], tolerance[tol]):
+                return f"{name}: {metric} {m[metric]:.6g} {sign} {tol} {tolerance[tol]}"
+    return None
+
+
+def run_artifact(folder: Path, inputs_path: Path, out_path: Path) -> None:
+    """Load a compiled artifact with only its config.json and run it on saved inputs."""
+    from pipeline.backends import get_backend
+
+    config = json.loads((folder / "config.json").read_text())
+    meta = config["pipeline"]
+    backend = get_backend(meta["backend"], meta["backend_options"])
+    runner = backend.load(folder, config)
+    inputs = load_tensors(inputs_path)
+    if meta["task"] == "text-generation":
+        from pipeline import decoder
+
+        prompt = inputs["input_ids"]
+        n = int(inputs["max_new_tokens"].item())
+        ids = decoder.generate(runner, prompt, max_new_tokens=n, min_new_tokens=n, do_sample=False)
+        logits = runner.prefill_logits(prompt)
+        save_tensors({"logits": logits.float(), "generated": ids}, out_path)
+        return
+    outputs = runner(**inputs)
+    save_tensors({k: v.float().cpu() for k, v in outputs.items()}, out_path)
+
+
+if __name__ == "__main__":
+    run_artifact(Path(sys.argv[1]), Path(sys.argv[2]), Path(sys.argv[3]))

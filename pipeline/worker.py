@@ -1,0 +1,197 @@
+"""One job end to end, in its own process.
+
+    python -m pipeline.worker JOB.json RESULT.json
+
+Under the key's file lock: reuse a sound entry, else load the model, compute (or reuse) the
+CPU fp32 reference, compile, run the artifact in a FRESH process on the same inputs, gate,
+and rename the entry into place only when it passed. stdout/stderr (Inductor, g++) go to
+the entry's logs/compile.log.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+import traceback
+from pathlib import Path
+
+from pipeline.cache import Cache
+
+
+class JobFailed(Exception):
+    """A deterministic failure: export error, gate failure, backend unavailable."""
+
+
+def _redirect_output(log: Path):
+    log.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved = os.dup(1), os.dup(2)
+    os.dup2(fd, 1)
+    os.dup2(fd, 2)
+    os.close(fd)
+    return saved
+
+
+def _restore_output(saved) -> None:
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.dup2(saved[0], 1)
+    os.dup2(saved[1], 2)
+
+
+def _tokenizer(path: str, revision: str | None):
+    try:
+        from transformers import AutoTokenizer
+
+        return AutoTokenizer.from_pretrained(path, revision=revision, trust_remote_code=False)
+    except Exception:
+        return None  # no tokenizer files: seeded token ids are used instead
+
+
+def build_artifact(job: dict, cache: Cache, tmp: Path, timings: dict) -> dict:
+    """Compile into `tmp` and verify; returns metrics. Raises JobFailed with the reason."""
+    import torch
+
+    from pipeline import tasks, verify
+    from pipeline.backends import get_backend
+
+    spec = job["spec"]
+    backend = get_backend(spec["backend"]["name"], job["backend_options"])
+    reason = backend.available()
+    if reason:
+        raise JobFailed(f"backend unavailable: {reason}")
+    task = tasks.TASKS[job["task"]]
+    revision = None if job["model"]["local"] else job["model"]["revision"]
+    t = time.perf_counter()
+    model = tasks.load_eager_model(job["task"], job["model"]["path"], revision)
+    tokenizer = _tokenizer(job["model"]["path"], revision)
+    timings["load_s"] = round(time.perf_counter() - t, 3)
+
+    torch.manual_seed(job["verify"]["seed"])
+    shapes = spec["shapes"]
+    ref_path = verify.reference_path(cache.root, spec, job["verify"]["seed"], job["verify"]["generate_tokens"] if task.decoder else None)
+    t = time.perf_counter()
+    if ref_path.is_file():
+        saved = verify.load_tensors(ref_path)
+        inputs = {k[3:]: v for k, v in saved.items() if k.startswith("in.")}
+        reference = {k[4:]: v for k, v in saved.items() if k.startswith("ref.")}
+        timings["reference_reused"] = True
+    else:
+        if task.decoder:
+            from pipeline import decoder
+
+            inputs, reference = decoder.reference(model, shapes["batch_size"], shapes["sequence_length"], job["verify"]["generate_tokens"], job["verify"]["seed"])
+        else:
+            inputs = tasks.example_inputs(model.config.to_dict(), shapes["batch_size"], shapes["sequence_length"], job["verify"]["seed"], tokenizer)
+            with torch.no_grad():
+                out = model(**inputs, return_dict=True)
+            reference = {name: out[name].float() for name in task.outputs}
+        verify.save_tensors({**{f"in.{k}": v for k, v in inputs.items()}, **{f"ref.{k}": v for k, v in reference.items()}}, ref_path)
+    timings["reference_s"] = round(time.perf_counter() - t, 3)
+
+    t = time.perf_counter()
+    compile_inputs = {k: v for k, v in inputs.items() if k != "max_new_tokens"}
+    try:
+        section = backend.compile(model, compile_inputs, spec, tmp)
+    except Exception as e:
+        msg = str(e).strip().splitlines()
+        raise JobFailed(f"compile failed: {type(e).__name__}: {msg[0] if msg else ''}"[:500]) from e
+    timings["compile_s"] = round(time.perf_counter() - t, 3)
+
+    config = model.config.to_dict()
+    config.update(section)
+    config["pipeline"] = {
+        "key": job["key"], "spec": spec, "task": job["task"], "shapes": shapes, "cast_type": spec["cast_type"],
+        "backend": backend.name, "backend_options": job["backend_options"], "model_id": job["model"]["id"], "input_names": list(compile_inputs),
+    }
+    (tmp / "config.json").write_text(json.dumps(config, indent=1, sort_keys=True))
+    if tokenizer is not None:
+        tokenizer.save_pretrained(tmp)
+    if getattr(model, "generation_config", None) is not None and task.decoder:
+        model.generation_config.save_pretrained(tmp)
+
+    # Fresh-process verification: only the artifact and its config.json are used.
+    t = time.perf_counter()
+    work = tmp / ".verify"
+    work.mkdir()
+    verify.save_tensors(inputs, work / "inputs.safetensors")
+    with open(tmp / "logs" / "verify.log", "w") as log:
+        proc = subprocess.run([sys.executable, "-m", "pipeline.verify", str(tmp), str(work / "inputs.safetensors"), str(work / "outputs.safetensors")],
+                              stdout=log, stderr=subprocess.STDOUT, env=os.environ.copy())
+    if proc.returncode != 0:
+        tail = (tmp / "logs" / "verify.log").read_text().strip().splitlines()[-1:] or [""]
+        raise JobFailed(f"compiled artifact failed to load/run in a fresh process (exit {proc.returncode}): {tail[0][:300]}")
+    got = verify.load_tensors(work / "outputs.safetensors")
+    shutil.rmtree(work)
+    timings["verify_s"] = round(time.perf_counter() - t, 3)
+
+    tol = job["verify"]["tolerance"]
+    mask = inputs.get("attention_mask")
+    if task.decoder:
+        from pipeline import decoder
+
+        metrics = {"logits": verify.output_metrics(reference["logits"], got["logits"], None, argmax=True, atol=tol.get("atol"), rtol=tol.get("rtol"))}
+        metrics["logits"].update(decoder.greedy_agreement(reference["generated"], got["generated"]))
+        metrics["logits"]["token_agreement"] = metrics["logits"].get("agreement_rate", 0.0)
+    else:
+        metrics = {name: verify.output_metrics(reference[name], got[name], mask, task.argmax, tol.get("atol"), tol.get("rtol")) for name in task.outputs}
+    broken = verify.gate(metrics, tol)
+    if broken:
+        raise JobFailed(f"verification failed: {broken}", metrics)
+    return metrics
+
+
+def run_job(job: dict) -> dict:
+    cache = Cache(job["cache_dir"])
+    os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str((cache.root / ".inductor").resolve()))
+    key = job["key"]
+    result = {"key": key, "status": "failed", "error": None, "metrics": {}, "timings": {}, "artifact": None}
+    with cache.lock(key):
+        folder, why = cache.lookup(key)
+        if folder is not None:
+            return dict(result, status="cached", artifact=str(folder), metrics=(cache.manifest(key) or {}).get("metrics", {}))
+        result["notes"] = [why] if why else []
+        cache.clear_stale_tmp(key)
+        tmp = cache.new_tmp(key)
+        saved = _redirect_output(tmp / "logs" / "compile.log")
+        start = time.perf_counter()
+        try:
+            metrics = build_artifact(job, cache, tmp, result["timings"])
+            result["timings"]["total_s"] = round(time.perf_counter() - start, 3)
+            _restore_output(saved)
+            saved = None
+            manifest = {"spec": job["spec"], "metrics": metrics, "timings": result["timings"], "verification": {"status": "passed", "tolerance": job["verify"]["tolerance"]},
+                        "versions": job["spec"]["toolchain"], "model": job["model"], "task": job["task"]}
+            dest = cache.commit(key, tmp, manifest)
+            return dict(result, status="passed", metrics=metrics, artifact=str(dest))
+        except Exception as e:
+            if saved is not None:
+                traceback.print_exc()
+                _restore_output(saved)
+            error = str(e.args[0]) if isinstance(e, JobFailed) else f"{type(e).__name__}: {e}"
+            metrics = e.args[1] if isinstance(e, JobFailed) and len(e.args) > 1 else {}
+            log = tmp / "logs" / "compile.log"
+            cache.record_failure(key, {"error": error, "spec": job["spec"], "metrics": metrics, "model": job["model"],
+                                       "log_tail": log.read_text()[-4000:] if log.is_file() else ""})
+            return dict(result, error=error, metrics=metrics, timings=dict(result["timings"], total_s=round(time.perf_counter() - start, 3)))
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def main(argv: list[str]) -> int:
+    job = json.loads(Path(argv[0]).read_text())
+    result = run_job(job)
+    out = Path(argv[1])
+    tmp = out.with_name(out.name + ".tmp")
+    tmp.write_text(json.dumps(result, indent=1, sort_keys=True))
+    os.replace(tmp, out)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main(sys.argv[1:]))
