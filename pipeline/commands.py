@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from pipeline import keys
@@ -25,7 +26,7 @@ def dispatch(cfg: dict) -> int:
     except ConfigError as e:
         err.print(f"[bold red]config error[/] ({len(e.errors)} problem{'s' * (len(e.errors) != 1)}):")
         for line in e.errors:
-            err.print(f"  {line}", markup=False)
+            err.print(f"  {line}", markup=False, soft_wrap=True)  # one problem per line, never wrapped
         return 2
     mode = cfg.get("mode", "run")
     if mode == "validate":
@@ -52,7 +53,7 @@ def _plan_or_exit(resolved) -> list[dict]:
     try:
         return plan(resolved)
     except RevisionError as e:
-        err.print(f"[bold red]cannot plan[/]: {e}", markup=True)
+        err.print(f"[bold red]cannot plan[/]: {escape(str(e))}", soft_wrap=True)
         raise SystemExit(2)
 
 
@@ -121,6 +122,11 @@ def explain_mode(cfg: dict) -> int:
     if not cfg.get("key"):
         err.print("mode=explain needs key=<key or prefix> (and optionally against=<other key>)")
         return 2
+    for name in ("key", "against"):
+        if isinstance(cfg.get(name), (float, bool)):  # Hydra reads e.g. key=12e3 as 12000.0
+            err.print(f"{name}: Hydra read the value as a {type(cfg[name]).__name__} ({cfg[name]!r}), not a key prefix; "
+                      f"quote it: {name}=\"'<prefix>'\"", markup=False)
+            return 2
     specs = _known_specs(cfg)
     a = _find(specs, str(cfg["key"]))
     if a is None:

@@ -4,6 +4,7 @@ Only config.json is ever read here, never weights, so planning stays fast and of
 """
 from __future__ import annotations
 
+import difflib
 import hashlib
 import json
 import os
@@ -149,7 +150,9 @@ def entry_from(item: Any, path: str, errors: list[str]) -> ModelInfo | None:
     known = {"id", "task", "revision", "name", "max_positions"}
     for k in data:
         if k not in known:
-            errors.append(f"{path}.{k}: unknown key; known: {', '.join(sorted(known))}")
+            near = difflib.get_close_matches(str(k), sorted(known), n=1)
+            hint = f" (did you mean '{near[0]}'?)" if near else ""
+            errors.append(f"{path}.{k}: unknown key{hint}; known: {', '.join(sorted(known))}")
     model_id, task = data.get("id"), data.get("task")
     ok = True
     if not isinstance(model_id, str) or not model_id:

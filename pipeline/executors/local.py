@@ -18,12 +18,13 @@ from pathlib import Path
 from typing import Callable
 
 from pipeline.cache import Cache
+from pipeline.verify import gate
 
 
 def _row(job: dict, **kw) -> dict:
     base = {"key": job["key"], "model": job["model"]["name"], "task": job["task"], "shapes": job["shapes"],
             "cast_type": job["cast_type"], "backend": job["backend"], "status": "failed", "error": None,
-            "metrics": {}, "timings": {}, "artifact": None, "attempts": 0}
+            "metrics": {}, "timings": {}, "artifact": None, "attempts": 0, "notes": []}
     base.update(kw)
     return base
 
@@ -62,7 +63,13 @@ def execute(jobs: list[dict], cfg: dict, run_dir: Path, on_start: Callable, on_d
             return
         folder, why = cache.lookup(job["key"])
         if folder is not None:
-            rows[i] = _row(job, status="cached", artifact=str(folder), metrics=(cache.manifest(job["key"]) or {}).get("metrics", {}))
+            metrics = (cache.manifest(job["key"]) or {}).get("metrics", {})
+            # Tolerances are not part of the key: re-apply today's gate to the stored metrics.
+            broken = gate(metrics, job["verify"]["tolerance"])
+            rows[i] = _row(job, status="failed" if broken else "cached", artifact=str(folder), metrics=metrics,
+                           error=f"cached entry fails the current gate: {broken}" if broken else None)
+            if broken and cfg["fail_fast"]:
+                stop.set()
             on_done(i, rows[i])
             return
         failed = cache.failure(job["key"])
@@ -80,7 +87,8 @@ def execute(jobs: list[dict], cfg: dict, run_dir: Path, on_start: Callable, on_d
         status = "failed" if result["status"] == "transient" else result["status"]
         rows[i] = _row(job, status=status, error=result.get("error"), metrics=result.get("metrics", {}),
                        timings=dict(result.get("timings", {}), wall_s=round(time.perf_counter() - start, 3)),
-                       artifact=result.get("artifact"), attempts=attempt)
+                       artifact=result.get("artifact"), attempts=attempt,
+                       notes=[n for n in [why, *result.get("notes", [])] if n])
         if status == "failed" and result["status"] == "transient":
             cache.record_failure(job["key"], {"error": rows[i]["error"], "spec": job["spec"], "transient": True})
         if status == "failed" and cfg["fail_fast"]:

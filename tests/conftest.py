@@ -1,0 +1,52 @@
+"""Shared fixtures: tiny models, a test cache shared across the session, the CLI in a subprocess.
+
+Compiles are expensive (~10-15 s each on 2 cores), so tests share one cache dir and one
+Inductor cache dir per session; a test that needs a clean cache makes its own tmp one.
+"""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+TEST_DIR = Path(os.environ.get("PIPELINE_TEST_DIR", REPO / "artifacts" / "test"))
+INDUCTOR_CACHE = TEST_DIR / "inductor"
+
+
+def cli_env(**extra: str) -> dict:
+    env = dict(os.environ)
+    env.update({"HF_HUB_OFFLINE": "1", "TORCHINDUCTOR_CACHE_DIR": str(INDUCTOR_CACHE), "PYTHONUNBUFFERED": "1"})
+    env.update(extra)
+    return env
+
+
+def run_cli(*args: str, env: dict | None = None, timeout: float = 1800) -> subprocess.CompletedProcess:
+    """`python -m pipeline ARGS` from the repo root, as a user runs it."""
+    return subprocess.run([sys.executable, "-m", "pipeline", *args], cwd=REPO, env=env or cli_env(),
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def latest_report(report_dir: Path) -> dict:
+    return json.loads((report_dir / "latest" / "report.json").read_text())
+
+
+@pytest.fixture(scope="session")
+def tiny_models() -> Path:
+    """The smoke sweep's models (artifacts/models/<name>), built once, deterministic."""
+    from pipeline import tiny
+
+    out = REPO / "artifacts" / "models"
+    assert tiny.main([str(out)]) == 0
+    return out
+
+
+@pytest.fixture(scope="session")
+def test_cache(tiny_models) -> Path:
+    d = TEST_DIR / "cache"
+    d.mkdir(parents=True, exist_ok=True)
+    return d

@@ -1,0 +1,172 @@
+"""The pipeline end to end through the CLI: real tiny models, real compiles, real processes.
+
+The smoke sweep runs once per session (the README's `make demo` command, redirected to a
+test cache); the fault tests use small matrices in their own cache dirs.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import REPO, TEST_DIR, cli_env, latest_report, run_cli
+from pipeline.cache import Cache
+
+ONE_JOB = ["+sweep=smoke", "matrix.models=[tiny-bert]", "matrix.cast_types=[fp32]", "matrix.shapes=[{batch_size:1,sequence_length:16}]"]
+
+
+@pytest.fixture(scope="session")
+def smoke(tiny_models):
+    """`make demo` (the README's demo command) with the cache and reports under the test dir."""
+    cache, runs = TEST_DIR / "smoke-cache", TEST_DIR / "smoke-runs"
+    shutil.rmtree(cache, ignore_errors=True)
+    shutil.rmtree(runs, ignore_errors=True)
+    env = cli_env(PIPELINE_CACHE_DIR=str(cache), PIPELINE_REPORT_DIR=str(runs))
+    proc = subprocess.run(["make", "-s", "demo"], cwd=REPO, env=env, capture_output=True, text=True, timeout=3600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return {"cache": cache, "runs": runs, "env": env, "stdout": proc.stdout, "report": latest_report(runs)}
+
+
+@pytest.mark.slow
+def test_smoke_sweep_passes_end_to_end(smoke):
+    report = smoke["report"]
+    jobs = report["jobs"]
+    models = {j["model"] for j in jobs}
+    assert models == {"tiny-bert", "tiny-distilbert", "tiny-roberta"}
+    assert {j["cast_type"] for j in jobs} == {"fp32", "bf16"} and len(jobs) == 12
+    assert all(j["status"] == "passed" for j in jobs), [(j["model"], j["error"]) for j in jobs]
+    assert "summary" in smoke["stdout"] and "12 passed" in smoke["stdout"]
+    for j in jobs:
+        entry = Path(j["artifact"])
+        manifest = json.loads((entry / "manifest.json").read_text())
+        assert manifest["verification"]["status"] == "passed" and manifest["key"] == j["key"]
+        assert {"model.pt2", "config.json", "logs/compile.log", "logs/verify.log"} <= set(manifest["files"])
+        assert json.loads((entry / "config.json").read_text())["pipeline"]["key"] == j["key"]
+        for name, m in j["metrics"].items():  # the gate's metrics are in the report
+            assert {"max_abs", "mean_abs", "rel_error", "cosine"} <= set(m), name
+    run_dir = smoke["runs"] / "latest"
+    assert {"plan.json", "report.json", "report.md", "junit.xml"} <= {p.name for p in run_dir.iterdir()}
+    assert 'tests="12" failures="0"' in (run_dir / "junit.xml").read_text()
+
+
+@pytest.mark.slow
+def test_second_identical_run_is_all_cached_and_compiles_nothing(smoke):
+    before = {p: p.stat().st_mtime_ns for p in smoke["cache"].glob("??/*/manifest.json")}
+    t = time.perf_counter()
+    proc = run_cli("+sweep=smoke", env=smoke["env"])
+    elapsed = time.perf_counter() - t
+    assert proc.returncode == 0, proc.stderr
+    report = latest_report(smoke["runs"])
+    assert [j["status"] for j in report["jobs"]] == ["cached"] * 12
+    assert all(j["attempts"] == 0 for j in report["jobs"])  # no worker process was started
+    assert {p: p.stat().st_mtime_ns for p in smoke["cache"].glob("??/*/manifest.json")} == before
+    assert not (smoke["runs"] / "latest" / "jobs").exists()
+    print(f"all-hit rerun of 12 jobs: {elapsed:.1f} s")
+
+
+@pytest.mark.slow
+def test_impossible_tolerance_fails_with_metric_named_and_others_pass(tiny_models, tmp_path):
+    proc = run_cli("+sweep=smoke", "matrix.models=[tiny-bert]", "matrix.shapes=[{batch_size:1,sequence_length:16}]",
+                   "matrix.cast_types=[fp32,bf16]", "verify.tolerances.bf16.min_cosine=1.01",
+                   f"cache.dir={tmp_path / 'cache'}", f"report.dir={tmp_path / 'runs'}")
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    rows = {j["cast_type"]: j for j in latest_report(tmp_path / "runs")["jobs"]}
+    assert rows["fp32"]["status"] == "passed"
+    assert rows["bf16"]["status"] == "failed"
+    assert "cosine" in rows["bf16"]["error"] and "min_cosine 1.01" in rows["bf16"]["error"]
+    assert rows["bf16"]["metrics"]["last_hidden_state"]["cosine"] < 1.01
+    cache = Cache(tmp_path / "cache")
+    assert cache.status(rows["bf16"]["key"]) == "failed-before"  # never stored as good
+    assert not cache.entry_dir(rows["bf16"]["key"]).exists()
+    assert "min_cosine" in cache.failure(rows["bf16"]["key"])["error"]
+    assert "failed" in (tmp_path / "runs" / "latest" / "report.md").read_text()
+    # the failed key is retried on the next run, unless retry_failed=false
+    proc = run_cli("+sweep=smoke", "matrix.models=[tiny-bert]", "matrix.shapes=[{batch_size:1,sequence_length:16}]",
+                   "matrix.cast_types=[bf16]", "retry_failed=false", f"cache.dir={tmp_path / 'cache'}", f"report.dir={tmp_path / 'runs'}")
+    assert proc.returncode == 1
+    (row,) = latest_report(tmp_path / "runs")["jobs"]
+    assert row["attempts"] == 0 and "retry_failed=false" in row["error"]
+
+
+def _worker_pids(marker: str) -> list[int]:
+    out = subprocess.run(["pgrep", "-f", f"pipeline.worker .*{marker}"], capture_output=True, text=True).stdout
+    return [int(p) for p in out.split()]
+
+
+@pytest.mark.slow
+def test_sigkill_mid_compile_leaves_no_entry_and_no_lock(tiny_models, tmp_path):
+    cache_dir, runs = tmp_path / "cache", tmp_path / "runs"
+    args = [*ONE_JOB, f"cache.dir={cache_dir}", f"report.dir={runs}"]
+    parent = subprocess.Popen([sys.executable, "-m", "pipeline", *args], cwd=REPO, env=cli_env(),
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    while time.time() < deadline:  # wait until the worker is compiling (its temp entry exists)
+        pids = _worker_pids(str(runs))
+        if pids and list((cache_dir / ".tmp").glob("*/logs/compile.log")) if (cache_dir / ".tmp").is_dir() else False:
+            break
+        time.sleep(0.2)
+    else:
+        pytest.fail("worker never started")
+    time.sleep(2.0)
+    parent.send_signal(signal.SIGKILL)
+    for pid in _worker_pids(str(runs)):
+        os.kill(pid, signal.SIGKILL)
+    parent.wait()
+    time.sleep(0.5)
+    assert not _worker_pids(str(runs))
+    cache = Cache(cache_dir)
+    assert not list(cache_dir.glob("??/*/manifest.json"))  # no entry
+    key = json.loads((runs / "latest" / "plan.json").read_text())["jobs"][0]["key"]
+    lock = cache.lock(key, timeout=0)
+    lock.acquire()  # no lock held by the dead worker
+    lock.release()
+    proc = run_cli(*args)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert latest_report(runs)["jobs"][0]["status"] == "passed"
+    assert not list((cache_dir / ".tmp").glob(f"{key}-*"))  # the crash's temp dir was cleared
+
+
+@pytest.mark.slow
+def test_two_processes_on_one_cache_compile_each_key_once(tiny_models, tmp_path):
+    cache_dir = tmp_path / "cache"
+    base = ["+sweep=smoke", "matrix.models=[tiny-bert,tiny-distilbert]", "matrix.cast_types=[fp32]",
+            "matrix.shapes=[{batch_size:1,sequence_length:16}]", f"cache.dir={cache_dir}"]
+    procs = [subprocess.Popen([sys.executable, "-m", "pipeline", *base, f"report.dir={tmp_path / f'runs{i}'}"], cwd=REPO,
+                              env=cli_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for i in (0, 1)]
+    outs = [p.communicate(timeout=900)[0] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], outs
+    rows = [j for i in (0, 1) for j in latest_report(tmp_path / f"runs{i}")["jobs"]]
+    by_key: dict[str, list[str]] = {}
+    for r in rows:
+        by_key.setdefault(r["key"], []).append(r["status"])
+    assert len(by_key) == 2
+    for statuses in by_key.values():  # compiled exactly once, the other process took the entry
+        assert sorted(statuses) == ["cached", "passed"]
+    compile_logs = [p for p in cache_dir.glob("??/*/logs/compile.log")]
+    assert len(compile_logs) == 2
+
+
+@pytest.mark.slow
+def test_tampered_entry_is_rebuilt_not_used(smoke, tmp_path):
+    row = next(j for j in smoke["report"]["jobs"] if j["model"] == "tiny-bert" and j["cast_type"] == "fp32" and j["shapes"]["batch_size"] == 1)
+    cache_dir = tmp_path / "cache"
+    src = Path(row["artifact"])
+    dest = cache_dir / row["key"][:2] / row["key"]
+    shutil.copytree(src, dest)
+    blob = bytearray((dest / "model.pt2").read_bytes())
+    blob[len(blob) // 2] ^= 0xFF
+    (dest / "model.pt2").write_bytes(bytes(blob))
+    proc = run_cli(*ONE_JOB, f"cache.dir={cache_dir}", f"report.dir={tmp_path / 'runs'}")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    (got,) = latest_report(tmp_path / "runs")["jobs"]
+    assert got["key"] == row["key"] and got["status"] == "passed"  # rebuilt, not "cached"
+    assert any("integrity" in n and "model.pt2" in n for n in got["notes"])
+    folder, why = Cache(cache_dir).lookup(row["key"])
+    assert folder is not None and why is None
