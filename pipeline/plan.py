@@ -75,6 +75,24 @@ def build_spec(model, task: str, shapes: dict, cast_type: str, auto_cast: str, d
     }
 
 
+def make_job(model, shapes: dict, cast_type: str, auto_cast: str, dynamic_batch_size: bool, backend, verify_cfg: dict, timeout_s: int) -> dict:
+    """A job: spec + key + verification settings. Pure data (JSON-able, picklable)."""
+    spec = build_spec(model, model.task, shapes, cast_type, auto_cast, dynamic_batch_size, backend)
+    tolerance = {k: v for k, v in verify_cfg["tolerances"].get(spec["cast_type"], {}).items() if v is not None}
+    return {
+        "key": keys.key_of(spec),
+        "spec": spec,
+        "model": {"name": model.name, "id": model.id, "path": model.path, "local": model.local, "revision": spec["model"]["revision"]},
+        "task": model.task,
+        "shapes": spec["shapes"],
+        "cast_type": spec["cast_type"],
+        "backend": backend.name,
+        "backend_options": backend.options,
+        "verify": {"tolerance": tolerance, "generate_tokens": verify_cfg["generate_tokens"], "seed": verify_cfg["seed"]},
+        "timeout_s": timeout_s,
+    }
+
+
 def plan(resolved: Resolved) -> list[dict]:
     """Jobs in stable order, deduplicated by key, restricted to the configured shard."""
     from pipeline.backends import get_backend
@@ -85,24 +103,12 @@ def plan(resolved: Resolved) -> list[dict]:
     jobs, seen = [], set()
     for combo in combinations(cfg, resolved.models):
         model = combo["model"]
-        spec = build_spec(model, model.task, combo["shapes"], combo["cast_type"], m["auto_cast"], m["dynamic_batch_size"], backend)
-        key = keys.key_of(spec)
-        if key in seen:
+        job = make_job(model, combo["shapes"], combo["cast_type"], m["auto_cast"], m["dynamic_batch_size"], backend,
+                       cfg["verify"], cfg["timeout_s"])
+        if job["key"] in seen:
             continue
-        seen.add(key)
-        tolerance = {k: v for k, v in cfg["verify"]["tolerances"].get(spec["cast_type"], {}).items() if v is not None}
-        jobs.append({
-            "key": key,
-            "spec": spec,
-            "model": {"name": model.name, "id": model.id, "path": model.path, "local": model.local, "revision": spec["model"]["revision"]},
-            "task": model.task,
-            "shapes": spec["shapes"],
-            "cast_type": spec["cast_type"],
-            "backend": backend.name,
-            "backend_options": backend.options,
-            "verify": {"tolerance": tolerance, "generate_tokens": cfg["verify"]["generate_tokens"], "seed": cfg["verify"]["seed"]},
-            "timeout_s": cfg["timeout_s"],
-        })
+        seen.add(job["key"])
+        jobs.append(job)
     shard = parse_shard(cfg.get("shard"))
     if shard:
         i, n = shard

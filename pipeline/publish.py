@@ -304,7 +304,10 @@ def _status(e: BaseException) -> int | None:
 
 def _transient(e: BaseException) -> bool:
     import httpx
+    from huggingface_hub.errors import LocalEntryNotFoundError
 
+    if isinstance(e, LocalEntryNotFoundError):  # hf_hub_download's answer to a connection error
+        return True
     status = _status(e)
     if status is not None:
         return status == 429 or status >= 500
@@ -330,11 +333,14 @@ def _fail(e: BaseException, what: str, repo_id: str, endpoint: str, attempts: in
     return PublishError(f"{what} {repo_id} on {endpoint} failed{tail}: {detail[0][:300] if detail else ''}")
 
 
-def _call(fn: Callable, what: str, repo_id: str, endpoint: str):
-    """Run a Hub read/setup call with retries on 5xx/429/connection errors; auth fails at once."""
+def _call(fn: Callable, what: str, repo_id: str, endpoint: str, passthrough: tuple = ()):
+    """Run a Hub read/setup call with retries on 5xx/429/connection errors; auth fails at once;
+    `passthrough` exceptions (e.g. EntryNotFoundError) are re-raised as they are."""
     for attempt in range(1, MAX_ATTEMPTS + 1):
         try:
             return fn()
+        except passthrough:
+            raise
         except Exception as e:
             if _status(e) in (401, 403) or not _transient(e) or attempt == MAX_ATTEMPTS:
                 raise _fail(e, what, repo_id, endpoint, attempt if attempt > 1 else None) from None
@@ -641,30 +647,24 @@ class _HubSource:
     def open(self) -> bool:
         from huggingface_hub.errors import RepositoryNotFoundError, RevisionNotFoundError
 
+        missing = (RepositoryNotFoundError, RevisionNotFoundError)
         try:
-            self.commit = _call(lambda: _head(self.api, self.repo, None), "reading", self.repo, self.api.endpoint)
-        except PublishError as e:
-            if isinstance(e.__cause__, (RepositoryNotFoundError, RevisionNotFoundError)):
-                return False
-            raise
-        except (RepositoryNotFoundError, RevisionNotFoundError):
+            self.commit = _call(lambda: _head(self.api, self.repo, None), "reading", self.repo, self.api.endpoint, missing)
+        except missing:
             return False
         return True
 
     def get(self, path: str, dest: Path) -> Path | None:
         """Download `path` (at the pinned commit) under dest; None when it does not exist."""
-        from huggingface_hub.errors import EntryNotFoundError, RepositoryNotFoundError
+        from huggingface_hub.errors import RemoteEntryNotFoundError, RepositoryNotFoundError
 
         def dl():
             return self.api.hf_hub_download(self.repo, path, revision=self.commit, local_dir=dest)
 
+        missing = (RemoteEntryNotFoundError, RepositoryNotFoundError)
         try:
-            return Path(_call(dl, "downloading from", self.repo, self.api.endpoint))
-        except PublishError as e:
-            if "EntryNotFound" in str(e) or "RepositoryNotFound" in str(e):
-                return None
-            raise
-        except (EntryNotFoundError, RepositoryNotFoundError):
+            return Path(_call(dl, "downloading from", self.repo, self.api.endpoint, missing))
+        except missing:
             return None
 
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -50,3 +51,15 @@ def test_cache(tiny_models) -> Path:
     d = TEST_DIR / "cache"
     d.mkdir(parents=True, exist_ok=True)
     return d
+
+
+@pytest.fixture(scope="session")
+def smoke(tiny_models):
+    """`make demo` (the README's demo command) with the cache and reports under the test dir."""
+    cache, runs = TEST_DIR / "smoke-cache", TEST_DIR / "smoke-runs"
+    shutil.rmtree(cache, ignore_errors=True)
+    shutil.rmtree(runs, ignore_errors=True)
+    env = cli_env(PIPELINE_CACHE_DIR=str(cache), PIPELINE_REPORT_DIR=str(runs))
+    proc = subprocess.run(["make", "-s", "demo"], cwd=REPO, env=env, capture_output=True, text=True, timeout=3600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return {"cache": cache, "runs": runs, "env": env, "stdout": proc.stdout, "report": latest_report(runs)}

@@ -22,18 +22,6 @@ from pipeline.cache import Cache
 ONE_JOB = ["+sweep=smoke", "matrix.models=[tiny-bert]", "matrix.cast_types=[fp32]", "matrix.shapes=[{batch_size:1,sequence_length:16}]"]
 
 
-@pytest.fixture(scope="session")
-def smoke(tiny_models):
-    """`make demo` (the README's demo command) with the cache and reports under the test dir."""
-    cache, runs = TEST_DIR / "smoke-cache", TEST_DIR / "smoke-runs"
-    shutil.rmtree(cache, ignore_errors=True)
-    shutil.rmtree(runs, ignore_errors=True)
-    env = cli_env(PIPELINE_CACHE_DIR=str(cache), PIPELINE_REPORT_DIR=str(runs))
-    proc = subprocess.run(["make", "-s", "demo"], cwd=REPO, env=env, capture_output=True, text=True, timeout=3600)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    return {"cache": cache, "runs": runs, "env": env, "stdout": proc.stdout, "report": latest_report(runs)}
-
-
 @pytest.mark.slow
 def test_smoke_sweep_passes_end_to_end(smoke):
     report = smoke["report"]

@@ -62,6 +62,11 @@ def execute(jobs: list[dict], cfg: dict, run_dir: Path, on_start: Callable, on_d
             on_done(i, rows[i])
             return
         folder, why = cache.lookup(job["key"])
+        if folder is None:  # a local miss: try the shared cache (publish.cache_repo) before compiling
+            from pipeline.publish import fetch_from_shared_cache
+
+            folder, shared_why = fetch_from_shared_cache(job["key"], job["spec"], cache, cfg["publish"])
+            why = "; ".join(n for n in (why, shared_why) if n) or None
         if folder is not None:
             metrics = (cache.manifest(job["key"]) or {}).get("metrics", {})
             # Tolerances are not part of the key: re-apply today's gate to the stored metrics.

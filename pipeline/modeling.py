@@ -1,0 +1,308 @@
+"""CompiledModelFor<Task>: drop-ins for transformers' AutoModelFor<Task> over compiled artifacts.
+
+    model = CompiledModelForSequenceClassification.from_pretrained("path/or/repo")          # load
+    model = CompiledModelForSequenceClassification.from_pretrained(
+        "distilbert/...", export=True, auto_cast_type="bf16", batch_size=1, sequence_length=128)  # compile on demand
+
+A loaded artifact needs no compile arguments: backend, shapes and cast settings come from the
+config.json written at compile time. `export=True` builds the same spec and key as the
+pipeline, looks in the local cache (then the shared Hub cache when one is configured), and
+compiles + verifies through the same worker when nothing is found.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+from typing import Any, ClassVar
+
+from pipeline.tasks import TASKS, get_mandatory_axes_for_task  # noqa: F401  (re-exported helper)
+
+DEFAULT_CACHE = "artifacts/cache"
+
+
+class UnverifiedArtifactError(RuntimeError):
+    """The artifact's manifest does not show a passed verification."""
+
+
+def default_cache_dir() -> Path:
+    return Path(os.environ.get("PIPELINE_CACHE_DIR", DEFAULT_CACHE))
+
+
+def _resolve_folder(path_or_repo: str, revision: str | None, cache_dir: Path, token: str | None) -> Path:
+    """A local folder, a key (or key prefix) in the local cache, or a Hub repo (downloaded)."""
+    p = Path(path_or_repo).expanduser()
+    if p.is_dir():
+        return p
+    from pipeline.cache import Cache
+
+    cache = Cache(cache_dir)
+    found = cache.find_prefix(path_or_repo) if all(c in "0123456789abcdef" for c in path_or_repo.lower()) else []
+    found = [k for k in found if cache.status(k) == "hit"]
+    if len(found) == 1:
+        folder, why = cache.lookup(found[0])
+        if folder is None:
+            raise RuntimeError(why or f"cache entry {found[0]} is not usable")
+        return folder
+    from huggingface_hub import snapshot_download
+
+    return Path(snapshot_download(path_or_repo, revision=revision, token=token))
+
+
+class CompiledModel:
+    """A compiled artifact with the forward contract of the eager model."""
+
+    task: ClassVar[str] = "feature-extraction"
+    default_backend: ClassVar[str] = "inductor"
+    main_input_name = "input_ids"
+
+    def __init__(self, folder: Path, config: dict, runner: Any, manifest: dict | None):
+        from transformers import AutoConfig
+
+        self.folder = Path(folder)
+        self.compile_config = config
+        self.meta = config["pipeline"]
+        self.manifest = manifest
+        self.runner = runner
+        self.config = AutoConfig.from_pretrained(self.folder)
+        self.shapes = dict(self.meta["shapes"])
+        self.input_names = list(self.meta["input_names"])
+        compiled = config.get("compiled") or {}
+        self.dynamic_batch_size = bool(compiled.get("dynamic_batch_size") or self.meta["spec"].get("dynamic_batch_size"))
+        self.allow_other_batch = self.dynamic_batch_size
+        import torch
+
+        self.device = torch.device("cpu")
+        self.dtype = torch.float32  # outputs are returned in fp32, like the eager reference
+
+    # ------------------------------------------------------------------ loading
+    @classmethod
+    def from_pretrained(cls, model_id_or_path: str, *, export: bool = False, revision: str | None = None,
+                        allow_unverified: bool = False, cache_dir: str | Path | None = None, token: str | None = None,
+                        backend: str | None = None, auto_cast: str = "matmul", auto_cast_type: str = "fp32",
+                        num_cores: int | None = None, dynamic_batch_size: bool = False,
+                        backend_options: dict | None = None, **input_shapes: int) -> "CompiledModel":
+        cache_dir = Path(cache_dir) if cache_dir else default_cache_dir()
+        os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str((cache_dir / ".inductor").resolve()))
+        if export:
+            folder = cls._export(model_id_or_path, revision, cache_dir, backend or cls.default_backend, auto_cast,
+                                 auto_cast_type, num_cores, dynamic_batch_size, backend_options or {}, input_shapes)
+        else:
+            if input_shapes:
+                raise TypeError(f"input shapes {sorted(input_shapes)} are only accepted with export=True; "
+                                "a compiled artifact carries its shapes in config.json")
+            folder = _resolve_folder(str(model_id_or_path), revision, cache_dir, token)
+        model = cls._load(folder, allow_unverified)
+        model.allow_other_batch = model.dynamic_batch_size or dynamic_batch_size
+        return model
+
+    @classmethod
+    def _load(cls, folder: Path, allow_unverified: bool) -> "CompiledModel":
+        from pipeline.backends import get_backend
+
+        config_path = folder / "config.json"
+        if not config_path.is_file():
+            raise FileNotFoundError(f"{folder}: no config.json; is this a compiled artifact?")
+        config = json.loads(config_path.read_text())
+        if "pipeline" not in config:
+            raise ValueError(f"{folder}/config.json has no 'pipeline' section: not an artifact compiled by pipeline")
+        meta = config["pipeline"]
+        if TASKS[meta["task"]].auto_class != TASKS[cls.task].auto_class:
+            raise ValueError(f"{folder} was compiled for task {meta['task']!r}; load it with {CLASS_FOR_TASK[meta['task']].__name__}")
+        manifest_path = folder / "manifest.json"
+        manifest = json.loads(manifest_path.read_text()) if manifest_path.is_file() else None
+        status = ((manifest or {}).get("verification") or {}).get("status")
+        if status != "passed" and not allow_unverified:
+            raise UnverifiedArtifactError(f"{folder}: verification status is {status or 'missing (no manifest.json)'}; "
+                                          "pass allow_unverified=True to load it anyway")
+        backend = get_backend(meta["backend"], meta.get("backend_options") or meta["spec"]["backend"]["options"])
+        return cls(folder, config, backend.load(folder, config), manifest)
+
+    @classmethod
+    def _export(cls, model_id, revision, cache_dir, backend_name, auto_cast, auto_cast_type, num_cores,
+                dynamic_batch_size, backend_options, input_shapes) -> Path:
+        import tempfile
+
+        from pipeline.backends import get_backend
+        from pipeline.cache import Cache
+        from pipeline.config import VerifyConfig, check_model_id
+        from pipeline.executors.local import run_worker
+        from pipeline.keys import canonical_cast_type
+        from pipeline.models import entry_from
+        from pipeline.plan import make_job
+        import dataclasses
+
+        axes = get_mandatory_axes_for_task(cls.task)
+        missing = [a for a in axes if a not in input_shapes and not (TASKS[cls.task].decoder and a == "sequence_length")]
+        if missing:
+            raise TypeError(f"export=True for {cls.task} needs the input shapes {', '.join(missing)} (mandatory axes: {', '.join(axes)})")
+        unknown = sorted(set(input_shapes) - set(axes))
+        if unknown:
+            raise TypeError(f"unknown input shape arguments {unknown}; {cls.task} takes {', '.join(axes)}")
+        if canonical_cast_type(auto_cast_type) is None:
+            raise ValueError(f"auto_cast_type {auto_cast_type!r} is not one of fp32, bf16, fp16, int8")
+        why = check_model_id(str(model_id))
+        if why:
+            raise ValueError(f"model id: {why}")
+        errors: list[str] = []
+        info = entry_from({"id": str(model_id), "task": cls.task, **({"revision": revision} if revision else {})}, "model", errors)
+        if info is None:
+            raise ValueError("; ".join(errors))
+        options = dict(backend_options)
+        if num_cores is not None:
+            options["num_cores"] = num_cores
+        backend = get_backend(backend_name, options)
+        verify_cfg = dataclasses.asdict(VerifyConfig())
+        job = make_job(info, dict(input_shapes), auto_cast_type, auto_cast, dynamic_batch_size, backend, verify_cfg, 7200)
+        problems = backend.validate({"model": {"id": info.id, "task": info.task, "config": info.config, "name": info.name},
+                                     "task": info.task, "shapes": job["shapes"], "cast_type": job["cast_type"],
+                                     "auto_cast": auto_cast, "dynamic_batch_size": dynamic_batch_size})
+        if problems:
+            raise ValueError("; ".join(problems))
+        cache = Cache(cache_dir)
+        folder, _ = cache.lookup(job["key"])
+        if folder is not None:
+            return folder
+        folder = _from_shared_cache(job, cache)
+        if folder is not None:
+            return folder
+        with tempfile.TemporaryDirectory(prefix="pipeline-export-") as work:
+            result = run_worker(dict(job, cache_dir=str(cache.root.resolve())), Path(work), job["timeout_s"])
+        if result["status"] not in ("passed", "cached"):
+            raise RuntimeError(f"compiling {model_id} ({cls.task}, {job['cast_type']}, {job['shapes']}) failed: {result.get('error')}")
+        return Path(result["artifact"])
+
+    # ------------------------------------------------------------------ running
+    def _pad(self, name: str, t, batch: int, seq: int):
+        """Pad a [b, s] input to the compiled [batch, seq]; pad rows repeat row 0 (a fully
+        masked row is not a realistic input), pad columns get pad ids and mask 0."""
+        import torch
+
+        b, s = t.shape
+        if s < seq:
+            fill = 0 if name != "input_ids" else int(self.config.pad_token_id or 0)
+            t = torch.cat([t, torch.full((b, seq - s), fill, dtype=t.dtype)], dim=1)
+        if b < batch:
+            t = torch.cat([t, t[:1].expand(batch - b, -1)], dim=0)
+        return t
+
+    def _run_chunk(self, inputs: dict) -> dict:
+        import torch
+
+        b, s = inputs["input_ids"].shape
+        batch, seq = self.shapes["batch_size"], self.shapes["sequence_length"]
+        target_batch = b if (self.dynamic_batch_size and b <= max(batch, 2)) else batch
+        padded = {n: self._pad(n, inputs[n], target_batch, seq) for n in self.input_names}
+        out = self.runner(**padded)
+        cut = {}
+        for name, v in out.items():
+            v = v[:b].float()
+            if v.dim() >= 2 and v.shape[1] == seq:
+                v = v[:, :s]
+            cut[name] = v
+        return cut
+
+    def forward(self, input_ids=None, attention_mask=None, token_type_ids=None, return_dict: bool = True, **unused):
+        import torch
+
+        if input_ids is None:
+            raise ValueError("input_ids is required")
+        input_ids = torch.as_tensor(input_ids)
+        if input_ids.dim() == 1:
+            input_ids = input_ids[None]
+        b, s = input_ids.shape
+        seq, batch = self.shapes["sequence_length"], self.shapes["batch_size"]
+        if s > seq:
+            raise ValueError(f"sequence length {s} exceeds the compiled sequence_length {seq}; "
+                             f"truncate the inputs (tokenizer(..., truncation=True, max_length={seq})) or compile for a longer one")
+        limit = max(batch, 2) if self.dynamic_batch_size else batch
+        if b > batch and not self.allow_other_batch:
+            raise ValueError(f"batch size {b} exceeds the compiled batch_size {batch}; load with dynamic_batch_size=True "
+                             "(runs in compiled-size chunks) or compile for a larger batch")
+        inputs = {"input_ids": input_ids.to(torch.int64),
+                  "attention_mask": torch.ones_like(input_ids) if attention_mask is None else torch.as_tensor(attention_mask).to(torch.int64)}
+        if "token_type_ids" in self.input_names:
+            inputs["token_type_ids"] = torch.zeros_like(input_ids) if token_type_ids is None else torch.as_tensor(token_type_ids).to(torch.int64)
+        chunks = [self._run_chunk({k: v[i:i + limit] for k, v in inputs.items()}) for i in range(0, b, limit)]
+        merged = {k: torch.cat([c[k] for c in chunks], dim=0) for k in chunks[0]}
+        import transformers.modeling_outputs as mo
+
+        output = getattr(mo, TASKS[self.task].output_class)(**merged)
+        return output if return_dict else output.to_tuple()
+
+    __call__ = forward
+
+    # ------------------------------------------------------------------ transformers compatibility
+    def eval(self):
+        return self
+
+    def to(self, *args, **kwargs):
+        return self
+
+    def can_generate(self) -> bool:
+        return False
+
+    @property
+    def name_or_path(self) -> str:
+        return str(self.folder)
+
+    # ------------------------------------------------------------------ saving
+    def save_pretrained(self, save_directory: str | Path) -> Path:
+        """Copy the artifact (compiled files, config.json, tokenizer, manifest) to a folder
+        that reloads anywhere with from_pretrained(save_directory)."""
+        dest = Path(save_directory)
+        dest.mkdir(parents=True, exist_ok=True)
+        for src in self.folder.rglob("*"):
+            rel = src.relative_to(self.folder)
+            if src.is_file() and not any(part.startswith(".") for part in rel.parts):
+                (dest / rel).parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy2(src, dest / rel)
+        return dest
+
+    def push_to_hub(self, repo_id: str, revision: str | None = None, token: str | None = None, commit_message: str | None = None):
+        """Upload the artifact as one atomic commit (through the publisher's code path)."""
+        from pipeline.publish import push_folder
+
+        return push_folder(self.folder, repo_id, revision=revision, token=token,
+                           commit_message=commit_message or f"Upload compiled {self.task} model")
+
+
+def _from_shared_cache(job: dict, cache) -> Path | None:
+    """The shared Hub cache, when PIPELINE_CACHE_REPO names one."""
+    repo = os.environ.get("PIPELINE_CACHE_REPO")
+    if not repo:
+        return None
+    from pipeline.publish import fetch_from_shared_cache
+
+    folder, _ = fetch_from_shared_cache(job["key"], job["spec"], cache, {"cache_repo": repo, "endpoint": os.environ.get("HF_ENDPOINT")})
+    return folder
+
+
+class CompiledModelForFeatureExtraction(CompiledModel):
+    task = "feature-extraction"
+
+
+class CompiledModelForSequenceClassification(CompiledModel):
+    task = "text-classification"
+
+
+class CompiledModelForTokenClassification(CompiledModel):
+    task = "token-classification"
+
+
+class CompiledModelForQuestionAnswering(CompiledModel):
+    task = "question-answering"
+
+
+class CompiledModelForMaskedLM(CompiledModel):
+    task = "fill-mask"
+
+
+CLASS_FOR_TASK = {
+    "feature-extraction": CompiledModelForFeatureExtraction,
+    "text-classification": CompiledModelForSequenceClassification,
+    "token-classification": CompiledModelForTokenClassification,
+    "question-answering": CompiledModelForQuestionAnswering,
+    "fill-mask": CompiledModelForMaskedLM,
+}
