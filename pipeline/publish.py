@@ -289,12 +289,12 @@ class Variant:
 # --------------------------------------------------------------------------- Hub access
 
 
-def hub_api(publish_cfg: dict | None = None):
-    """HfApi on publish.endpoint (else HF_ENDPOINT / huggingface.co); the token is resolved by
-    huggingface_hub itself (HF_TOKEN, then the `hf auth login` token)."""
+def hub_api(publish_cfg: dict | None = None, token: str | None = None):
+    """HfApi on publish.endpoint (else HF_ENDPOINT / huggingface.co); the token, unless given,
+    is resolved by huggingface_hub itself (HF_TOKEN, then the `hf auth login` token)."""
     from huggingface_hub import HfApi
 
-    return HfApi(endpoint=(publish_cfg or {}).get("endpoint") or None, library_name="pipeline")
+    return HfApi(endpoint=(publish_cfg or {}).get("endpoint") or None, token=token, library_name="pipeline")
 
 
 def _status(e: BaseException) -> int | None:
@@ -303,7 +303,6 @@ def _status(e: BaseException) -> int | None:
 
 
 def _transient(e: BaseException) -> bool:
-    import httpx
     from huggingface_hub.errors import LocalEntryNotFoundError
 
     if isinstance(e, LocalEntryNotFoundError):  # hf_hub_download's answer to a connection error
@@ -311,7 +310,12 @@ def _transient(e: BaseException) -> bool:
     status = _status(e)
     if status is not None:
         return status == 429 or status >= 500
-    return isinstance(e, (httpx.TransportError, ConnectionError, TimeoutError))
+    if isinstance(e, (ConnectionError, TimeoutError)):
+        return True
+    # The client's HTTP library (httpx or httpx2, by huggingface_hub version): connection
+    # refused/reset, server gone mid-response, timeouts are all TransportError subclasses.
+    return any(c.__name__ in ("TransportError", "TimeoutException") and c.__module__.split(".")[0].startswith("httpx")
+               for c in type(e).__mro__)
 
 
 def _sleep_backoff(attempt: int, e: BaseException | None = None) -> None:
@@ -420,16 +424,22 @@ def commit_files(api, repo_id: str, files: list[FileSpec], *, revision: str | No
 
 
 def push_folder(folder: str | Path, repo_id: str, revision: str | None = None, api=None,
-                commit_message: str = "Upload compiled model with pipeline", prune: bool = False) -> PushResult:
+                commit_message: str = "Upload compiled model with pipeline", prune: bool = False,
+                token: str | None = None) -> PushResult:
     """Push a loadable folder (every file but dot files and logs/) as ONE idempotent commit:
-    what runtime classes' `push_to_hub` uses. Returns a PushResult (`oid` = commit)."""
+    what runtime classes' `push_to_hub` uses. Returns a PushResult (`oid` = the commit, or the
+    unchanged head when nothing differed). Raises PublishError (scrubbed) when it fails."""
     folder = Path(folder)
     files = []
     for p in sorted(folder.rglob("*")):
         rel = p.relative_to(folder).as_posix()
         if p.is_file() and not rel.startswith("logs/") and not any(part.startswith(".") for part in rel.split("/")):
             files.append(FileSpec(rel, sha256_file(p), p.stat().st_size, local=p))
-    return commit_files(api or hub_api(), repo_id, files, revision=revision, commit_message=commit_message, prune=prune)
+    api = api or hub_api(token=token)
+    try:
+        return commit_files(api, repo_id, files, revision=revision, commit_message=commit_message, prune=prune)
+    except PublishError as e:
+        raise PublishError(scrub(e, token)) from None
 
 
 def _batches(variants: list[Variant], limit: int = MAX_FILES_PER_COMMIT) -> Iterable[list[Variant]]:
@@ -626,7 +636,8 @@ def _publish_hub(variants: list[Variant], pc: dict) -> None:
                               "commit": res.oid, "cache_repo": cache_repo, "cache_path": v.cache_dir if cache_repo else None,
                               "cache_commit": cache_commit.get(v.job["key"]), "endpoint": api.endpoint}
         target = f"{v.repo_id}@{v.revision}" if v.revision else v.repo_id
-        console.print(f"published {v.job['key'][:12]} -> {target} ({'commit ' + res.oid[:10] if res.committed else 'unchanged'})", markup=False)
+        console.print(f"published {v.job['key'][:12]} -> {target} (commit {res.oid[:10]})" if res.committed
+                      else f"unchanged {v.job['key'][:12]} -> {target} (already at {str(res.oid)[:10]}; no commit)", markup=False)
 
 
 # --------------------------------------------------------------------------- shared cache reads
@@ -689,9 +700,10 @@ class _LocalSource:
 
 def _source(publish_cfg: dict | None):
     pc = publish_cfg or {}
-    if pc.get("name") == "local":
+    name = pc.get("name") or ("hub" if pc.get("cache_repo") else "none")  # {"cache_repo": ...} alone means the Hub
+    if name == "local":
         return _LocalSource(pc)
-    if pc.get("name") == "hub" and pc.get("cache_repo"):
+    if name == "hub" and pc.get("cache_repo"):
         from huggingface_hub import constants
 
         return None if constants.HF_HUB_OFFLINE else _HubSource(pc)

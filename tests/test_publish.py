@@ -140,27 +140,40 @@ def test_publish_hub_end_to_end_and_load_in_fresh_process(built, hub, tmp_path):
     assert row["key"] in card and "## Toolchain" in card and "max_abs" in card
     assert TOKEN not in card and TOKEN not in built["stdout"]
 
-    # A fresh process, an empty HF cache: download the variant repo and run it.
+    # A fresh process, empty HF and pipeline caches: load the variant repo by its id (the
+    # runtime class downloads it) and run it on the verification inputs.
     ref = next((built["cache"] / ".refs").glob("*.safetensors"))
     script = (
         "import sys, torch\n"
         "from pathlib import Path\n"
-        "from huggingface_hub import snapshot_download\n"
         "from pipeline import verify\n"
-        "folder = Path(snapshot_download(sys.argv[1], revision=sys.argv[2]))\n"
+        "from pipeline.modeling import CompiledModelForFeatureExtraction\n"
+        "model = CompiledModelForFeatureExtraction.from_pretrained(sys.argv[1], revision=sys.argv[2], cache_dir=Path(sys.argv[4]) / 'pc')\n"
         "saved = verify.load_tensors(Path(sys.argv[3]))\n"
-        "verify.save_tensors({k[3:]: v for k, v in saved.items() if k.startswith('in.')}, Path(sys.argv[4]) / 'in.safetensors')\n"
-        "verify.run_artifact(folder, Path(sys.argv[4]) / 'in.safetensors', Path(sys.argv[4]) / 'out.safetensors')\n"
-        "got = verify.load_tensors(Path(sys.argv[4]) / 'out.safetensors')['last_hidden_state']\n"
+        "inputs = {k[3:]: v for k, v in saved.items() if k.startswith('in.')}\n"
+        "got = model(**inputs).last_hidden_state\n"
         "want = saved['ref.last_hidden_state']\n"
-        "print('max_abs', (got - want).abs().max().item())\n"
+        "print('max_abs', (got - want).abs().max().item(), 'from', model.folder)\n"
         "assert torch.allclose(got, want, atol=1e-4, rtol=1e-4)\n"
     )
     env = hub_env(hub.url, tmp_path / "fresh")
     proc = subprocess.run([sys.executable, "-c", script, VARIANT_REPO, pub["commit"], str(ref), str(tmp_path)],
                           cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    assert "max_abs" in proc.stdout
+    assert "max_abs" in proc.stdout and str(tmp_path / "fresh" / "hf_home") in proc.stdout, proc.stdout
+
+
+def test_push_folder_is_one_idempotent_commit(built, hub):
+    folder = Cache(built["cache"]).entry_dir(built["jobs"][0]["key"])
+    api = api_for(hub.url)
+    first = publish.push_folder(folder, "push/tiny", api=api, commit_message="push")
+    assert first.committed and "model.pt2" in first.added and not any(p.startswith("logs/") for p in first.added)
+    assert api.repo_info("push/tiny").sha == first.oid
+    again = publish.push_folder(folder, "push/tiny", api=api)
+    assert not again.committed and again.oid == first.oid and hub.commits("push/tiny") == 1
+    with pytest.raises(publish.PublishError) as e:
+        publish.push_folder(folder, "push/tiny2", api=api_for(hub.url, "hf_bad_token_value_999"))
+    assert "hf auth login" in str(e.value) and "push/tiny2" in str(e.value) and "hf_bad_token_value_999" not in str(e.value)
 
 
 def test_second_run_with_empty_cache_takes_the_shared_cache_and_commits_nothing(built, hub, tmp_path):
@@ -264,7 +277,8 @@ def test_wrong_token_fails_clearly_without_leaking_it(built, hub, tmp_path):
     assert proc.returncode != 0
     (row,) = latest_report(runs)["jobs"]
     assert row["status"] == "failed-to-publish"
-    assert "401" in row["error"] and "hf auth login" in row["error"] and "HF_TOKEN" in row["error"] and "auth/" in row["error"] or CACHE_REPO in row["error"]
+    assert "401" in row["error"] and "hf auth login" in row["error"] and "HF_TOKEN" in row["error"]
+    assert CACHE_REPO in row["error"] or "auth/tiny-bert" in row["error"]  # names the repo
     run_dir = (runs / "latest").resolve()
     for text in (proc.stdout, proc.stderr, *(p.read_text() for p in run_dir.rglob("*") if p.is_file())):
         assert wrong not in text
@@ -295,6 +309,7 @@ def test_server_killed_mid_publish_then_rerun_completes(built, tmp_path):
             assert time.time() < deadline and proc.poll() is None, proc.stdout.read() if proc.poll() is not None else "timeout"
             time.sleep(0.05)
         time.sleep(0.3)  # inside the commit: blobs stored, state not yet replaced
+        assert srv.commits("kill/cache") == 0
         srv.stop(signal.SIGKILL)
         out, _ = proc.communicate(timeout=120)
     finally:
@@ -348,6 +363,7 @@ def test_two_publishers_same_cache_repo_at_once(built, hub, tmp_path):
     stats = hub.stats()
     assert stats["commits"]["conc/cache"] == 2
     assert stats["commit_requests"]["conc/cache"] >= 2
+    print("conc/cache commit requests:", stats["commit_requests"]["conc/cache"], "commits:", stats["commits"]["conc/cache"])
 
 
 def test_tampered_shared_entry_is_detected_and_not_used(built, hub, tmp_path):
@@ -371,3 +387,19 @@ def test_tampered_shared_entry_is_detected_and_not_used(built, hub, tmp_path):
 
     # and a key the shared cache does not have is a plain miss
     assert publish.fetch_from_shared_cache("0" * 64, job["spec"], empty, cfg["publish"]) == (None, None)
+
+
+def test_platform_tag_and_batches():
+    spec = {"backend": {"name": "inductor", "options": {"device": "cuda"}},
+            "toolchain": {"torch": "2.13.0+cu128", "platform": {"arch": "x86_64", "cpu_capability": "AVX512", "gpu_arch": "sm_90 NVIDIA H100"}}}
+    assert publish.platform_tag(spec) == "inductor-cuda-x86_64-sm_90-torch2.13.0"
+    spec = {"backend": {"name": "neuron", "options": {}}, "toolchain": {"neuronx-cc": "2.21.33363.0", "target": "trn1"}}
+    assert publish.platform_tag(spec) == "neuron-trn1-neuronx-cc2.21.33363.0"
+    assert publish.cache_path(spec, "ab" + "0" * 62) == f"neuron-trn1-neuronx-cc2.21.33363.0/ab/ab{'0' * 62}"
+
+    class V:  # a variant is never split across commits; <= 100 files per commit
+        def __init__(self, n):
+            self.files = [None] * n
+
+    sizes = [[len(v.files) for v in b] for b in publish._batches([V(7)] * 30)]
+    assert all(sum(b) <= publish.MAX_FILES_PER_COMMIT for b in sizes) and sum(map(len, sizes)) == 30 and len(sizes) == 3
