@@ -154,8 +154,9 @@ def _is_optional(tp) -> tuple[bool, Any]:
     return False, tp
 
 
-def _check_type(value: Any, tp: Any, path: str, errors: list[str]) -> None:
-    """Check a composed value against a schema type, appending errors with paths."""
+def _check_type(value: Any, tp: Any, path: str, errors: list[str], unknown: list[str] | None = None) -> None:
+    """Check a composed value against a schema type, appending errors with paths (unknown
+    keys to `unknown` when given: they do not stop the checks that follow)."""
     optional, tp = _is_optional(tp)
     if value is None:
         if not optional and tp is not Any:
@@ -172,9 +173,10 @@ def _check_type(value: Any, tp: Any, path: str, errors: list[str]) -> None:
             sub = f"{path}.{k}" if path else str(k)
             if k not in hints:
                 near = difflib.get_close_matches(str(k), list(hints), n=1)
-                errors.append(f"{sub}: unknown key" + (f" (did you mean '{near[0]}'?)" if near else f"; known: {', '.join(hints)}"))
+                (errors if unknown is None else unknown).append(
+                    f"{sub}: unknown key" + (f" (did you mean '{near[0]}'?)" if near else f"; known: {', '.join(hints)}"))
                 continue
-            _check_type(v, hints[k], sub, errors)
+            _check_type(v, hints[k], sub, errors, unknown)
         return
     origin = typing.get_origin(tp)
     if origin in (list, List):
@@ -183,7 +185,7 @@ def _check_type(value: Any, tp: Any, path: str, errors: list[str]) -> None:
             return
         (item,) = typing.get_args(tp) or (Any,)
         for i, v in enumerate(value):
-            _check_type(v, item, f"{path}[{i}]", errors)
+            _check_type(v, item, f"{path}[{i}]", errors, unknown)
         return
     if origin in (dict, Dict):
         if not isinstance(value, (dict, DictConfig)):
@@ -191,7 +193,7 @@ def _check_type(value: Any, tp: Any, path: str, errors: list[str]) -> None:
             return
         _, item = typing.get_args(tp) or (Any, Any)
         for k, v in value.items():
-            _check_type(v, item, f"{path}.{k}", errors)
+            _check_type(v, item, f"{path}.{k}", errors, unknown)
         return
     ok = {
         bool: lambda v: isinstance(v, bool),
@@ -278,9 +280,11 @@ def validate(cfg: dict) -> Resolved:
     from pipeline.models import entry_from
 
     errors: list[str] = []
-    _check_type({k: v for k, v in cfg.items() if k != "hydra"}, RunConfig, "", errors)
+    unknown: list[str] = []
+    _check_type({k: v for k, v in cfg.items() if k != "hydra"}, RunConfig, "", errors, unknown)
     if errors:  # the rest of the checks assume the types are right
-        raise ConfigError(errors)
+        raise ConfigError(unknown + errors)
+    errors = unknown  # a misspelt key is never read below: report it with everything else
     mode = cfg.get("mode", "run")
     if mode not in MODES:
         errors.append(f"mode: {mode!r} is not one of {', '.join(MODES)}")

@@ -377,7 +377,9 @@ class DecoderRunner:
 
     def _forward(self, input_ids: Any, cache_position: Any) -> Any:
         # Only cache_position[0] matters to the graph: positions are contiguous from there.
-        return self._package(input_ids=input_ids, cache_position=cache_position)
+        # The compiled kernels assume contiguous inputs: a strided view (prompt[:, :1]) would
+        # be read as if it were dense, silently giving other rows' tokens.
+        return self._package(input_ids=input_ids.contiguous(), cache_position=cache_position.contiguous())
 
     def generate(self, input_ids: Any, attention_mask: Any = None, generation_config: Any = None, **kwargs: Any) -> Any:
         return generate(self, input_ids, attention_mask=attention_mask, generation_config=generation_config, **kwargs)
@@ -629,7 +631,7 @@ def generate(runner: DecoderRunner, input_ids: Any, attention_mask: Any = None, 
 
     # ---- the loop (all checks done: from here on, work)
     device = runner.device
-    ids = input_ids.to(device=device, dtype=torch.long)
+    ids = input_ids.to(device=device, dtype=torch.long).contiguous()
     positions = runner._positions
     eos_tensor = torch.tensor(eos_ids, device=device) if eos_ids is not None else None
     unfinished = torch.ones(batch, dtype=torch.bool, device=device)

@@ -165,8 +165,8 @@ BAD = [
     ("unknown-model-file", ["matrix.models=[tiny-bert, nope]"],
      ["matrix.models[1]: no model config named 'nope' in configs/model/"]),
     ("several-errors-at-once", ["mode=compile", "shard=x", "matrix.cast_types=[fp8]", "matrix.shapes=[{batch_size: 0, sequence_length: 16}]",
-                                "matrix.models=[tiny-bert, nope]", "timeout_s=0"],
-     ["6 problems", "mode: 'compile' is not one of", "shard: 'x' is not of the form i/N", "matrix.cast_types[0]: 'fp8' is not a cast type",
+                                "matrix.models=[tiny-bert, nope]", "timeout_s=0", "+matrix.exlude=[]"],
+     ["7 problems", "matrix.exlude: unknown key (did you mean 'exclude'?)", "mode: 'compile' is not one of", "shard: 'x' is not of the form i/N", "matrix.cast_types[0]: 'fp8' is not a cast type",
       "matrix.shapes[0].batch_size: must be >= 1, got 0", "matrix.models[1]: no model config named 'nope'", "timeout_s: must be >= 1"]),
 ]
 # More malformed configs, checked in-process through validate() (cheaper than a CLI start).
@@ -313,6 +313,16 @@ def test_malformed_config_in_process(name, args, fragments, tiny_models):
         validate(cfg)
     for fragment in fragments:
         assert any(fragment in line for line in e.value.errors), f"{fragment!r} not in {e.value.errors}"
+
+
+@pytest.mark.xfail(strict=True, reason="known gap: a wrongly typed value hides every other problem (validate() stops "
+                                      "after the type pass); see the report")
+def test_type_errors_do_not_hide_other_problems(tiny_models):
+    cfg = composed(TINY_BERT, "timeout_s=abc", "mode=compile")
+    with _repo_offline(), pytest.raises(ConfigError) as e:
+        validate(cfg)
+    assert "timeout_s: expected int, got str 'abc'" in e.value.errors
+    assert any(line.startswith("mode: 'compile'") for line in e.value.errors)
 
 
 # --------------------------------------------------------------------------- CLI basics

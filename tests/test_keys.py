@@ -21,7 +21,7 @@ from pipeline.models import ModelInfo
 from pipeline.plan import build_spec
 from pipeline.tasks import TASKS
 
-SETTINGS = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+SETTINGS = settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 HEX40 = st.text(alphabet="0123456789abcdef", min_size=40, max_size=40)
 NEURON_FLAGS = ["--enable-fast-loading-neuron-binaries", "--verbose=info", "--enable-saturate-infinity", "-O1"]
 

@@ -158,3 +158,37 @@ def test_tampered_entry_is_rebuilt_not_used(smoke, tmp_path):
     assert any("integrity" in n and "model.pt2" in n for n in got["notes"])
     folder, why = Cache(cache_dir).lookup(row["key"])
     assert folder is not None and why is None
+
+
+@pytest.mark.slow
+def test_timeout_is_transient_retried_once_then_failed(tiny_models, tmp_path):
+    proc = run_cli(*ONE_JOB, "timeout_s=2", f"cache.dir={tmp_path / 'cache'}", f"report.dir={tmp_path / 'runs'}")
+    assert proc.returncode == 1
+    (row,) = latest_report(tmp_path / "runs")["jobs"]
+    assert row["status"] == "failed" and row["attempts"] == 2
+    assert "timed out after 2 s" in row["error"]
+    assert not list((tmp_path / "cache").glob("??/*/manifest.json"))
+
+
+def test_neuron_jobs_fail_clearly_without_the_sdk_and_all_are_attempted(tiny_models, tmp_path):
+    proc = run_cli("+sweep=smoke", "backend=neuron", "matrix.models=[tiny-bert,tiny-distilbert]", "matrix.cast_types=[bf16]",
+                   "matrix.shapes=[{batch_size:1,sequence_length:16}]", f"cache.dir={tmp_path / 'cache'}", f"report.dir={tmp_path / 'runs'}")
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert "Traceback" not in proc.stdout + proc.stderr
+    rows = latest_report(tmp_path / "runs")["jobs"]
+    assert [r["status"] for r in rows] == ["failed", "failed"]
+    for r in rows:  # deterministic: not retried
+        assert r["attempts"] == 1
+        assert "backend unavailable" in r["error"] and "torch_neuronx" in r["error"]
+
+
+@pytest.mark.slow
+def test_fail_fast_skips_the_rest(tiny_models, tmp_path):
+    proc = run_cli("+sweep=smoke", "matrix.models=[tiny-bert,tiny-distilbert]", "matrix.cast_types=[fp32]",
+                   "matrix.shapes=[{batch_size:1,sequence_length:16}]", "verify.tolerances.fp32.min_cosine=1.5", "fail_fast=true",
+                   f"cache.dir={tmp_path / 'cache'}", f"report.dir={tmp_path / 'runs'}")
+    assert proc.returncode == 1
+    rows = latest_report(tmp_path / "runs")["jobs"]
+    assert [r["status"] for r in rows] == ["failed", "skipped"]
+    assert "fail_fast" in rows[1]["error"]
+    assert 'skipped="1"' in (tmp_path / "runs" / "latest" / "junit.xml").read_text()
