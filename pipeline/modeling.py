@@ -306,3 +306,15 @@ CLASS_FOR_TASK = {
     "question-answering": CompiledModelForQuestionAnswering,
     "fill-mask": CompiledModelForMaskedLM,
 }
+
+
+def _neuron_default(cls: type) -> type:
+    """The seed's NeuronModelFor<Task> names: the same classes with backend="neuron" by default."""
+    return type(cls.__name__.replace("CompiledModel", "NeuronModel"), (cls,), {"default_backend": "neuron", "__doc__": cls.__doc__})
+
+
+NeuronModelForFeatureExtraction = _neuron_default(CompiledModelForFeatureExtraction)
+NeuronModelForSequenceClassification = _neuron_default(CompiledModelForSequenceClassification)
+NeuronModelForTokenClassification = _neuron_default(CompiledModelForTokenClassification)
+NeuronModelForQuestionAnswering = _neuron_default(CompiledModelForQuestionAnswering)
+NeuronModelForMaskedLM = _neuron_default(CompiledModelForMaskedLM)

@@ -17,6 +17,8 @@ import pytest
 REPO = Path(__file__).resolve().parent.parent
 TEST_DIR = Path(os.environ.get("PIPELINE_TEST_DIR", REPO / "artifacts" / "test"))
 INDUCTOR_CACHE = TEST_DIR / "inductor"
+os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(INDUCTOR_CACHE))  # in-process compiles/loads share it
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 
 def cli_env(**extra: str) -> dict:
@@ -47,10 +49,9 @@ def tiny_models() -> Path:
 
 
 @pytest.fixture(scope="session")
-def test_cache(tiny_models) -> Path:
-    d = TEST_DIR / "cache"
-    d.mkdir(parents=True, exist_ok=True)
-    return d
+def test_cache(smoke) -> Path:
+    """The smoke run's cache: tests that compile more add to it, and reuse its entries."""
+    return smoke["cache"]
 
 
 @pytest.fixture(scope="session")
