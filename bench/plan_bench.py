@@ -68,10 +68,10 @@ def main() -> int:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     out = Path(args.out).resolve()
 
-    t = time.perf_counter()
+    t_setup = time.perf_counter()
     entries = build_models(out, args.models)
     config_dir = write_sweep(out, entries)
-    setup_s = time.perf_counter() - t
+    setup_s = time.perf_counter() - t_setup
     expected = len(entries) * len(SHAPES) * len(CAST_TYPES)
 
     # in-process: as the CLI does it, minus the interpreter start
@@ -103,12 +103,12 @@ def main() -> int:
     plan_s = t_done - t_validate
     print(f"setup (build/copy {len(entries)} models): {setup_s:.2f} s")
     print(f"in-process, {expected} jobs ({len(entries)} models x {len(SHAPES)} shapes x {len(CAST_TYPES)} cast types):")
-    print(f"  interpreter start -> imports done : {t_compose - T0:.2f} s "
-          f"(of which pipeline/hydra imports {t_compose - t_import:.2f} s)")
+    print(f"  interpreter start + imports       : {(t_setup - T0) + (t_compose - t_import):.2f} s "
+          f"(pipeline/hydra imports {t_compose - t_import:.2f} s; model setup excluded)")
     print(f"  hydra compose                     : {t_validate - t_compose:.3f} s")
     print(f"  validate                          : {t_plan - t_validate:.3f} s")
-    print(f"  plan (cold, hashes {len(entries)} folders) : {t_done - t_plan:.3f} s")
-    print(f"  plan (warm)                       : {t_warm - t_done:.3f} s")
+    print(f"  {f'plan (cold: hashes {len(entries)} folders)':34}: {t_done - t_plan:.3f} s")
+    print(f"  plan (warm: hashes memoised)      : {t_warm - t_done:.3f} s")
     print(f"  validate + plan                   : {plan_s:.3f} s  -> {expected / plan_s:,.0f} jobs/s  "
           f"[goal < 2 s: {'OK' if plan_s < 2 else 'SLOW'}]")
     print(f"  torch/transformers imported       : {'yes: ' + ', '.join(heavy[:5]) if heavy else 'no'}")

@@ -21,7 +21,10 @@ def main(cfg: DictConfig) -> None:
     _entered = True
     from pipeline import commands
 
-    code = commands.dispatch(OmegaConf.to_container(cfg, resolve=True))
+    from hydra.core.hydra_config import HydraConfig
+
+    choice = HydraConfig.get().runtime.choices.get("model")
+    code = commands.dispatch(OmegaConf.to_container(cfg, resolve=True), choice)
     if code:
         sys.exit(code)
 

@@ -19,8 +19,10 @@ console = Console(stderr=False, highlight=False, width=_width)
 err = Console(stderr=True, highlight=False, width=_width)
 
 
-def dispatch(cfg: dict) -> int:
+def dispatch(cfg: dict, model_choice: str | None = None) -> int:
     cfg.pop("hydra", None)
+    if model_choice and isinstance(cfg.get("model"), dict):
+        cfg["model"].setdefault("name", model_choice)  # +model=<file>: named like in matrix.models
     try:
         resolved = validate(cfg) if cfg.get("mode") != "gc" and cfg.get("mode") != "explain" else None
     except ConfigError as e:
@@ -68,13 +70,18 @@ def plan_mode(resolved) -> int:
     for col in ("#", "model", "task", "batch", "seq", "cast", "backend", "key", "status"):
         table.add_column(col)
     counts: dict[str, int] = {}
+    shown = 200  # a table of thousands of rows is slow to draw and unreadable: plan.json has them all
     for i, job in enumerate(jobs, 1):
         status = cache.status(job["key"])
         counts[status] = counts.get(status, 0) + 1
+        if i > shown:
+            continue
         style = {"hit": "green", "failed-before": "red"}.get(status, "yellow")
         table.add_row(str(i), job["model"]["name"], job["task"], str(job["shapes"].get("batch_size")),
                       str(job["shapes"].get("sequence_length")), job["cast_type"], job["backend"],
                       keys.short(job["key"]), f"[{style}]{status}[/]")
+    if len(jobs) > shown:
+        table.caption = f"first {shown} of {len(jobs)} jobs; every job is in plan.json"
     console.print(table)
     console.print(", ".join(f"{v} {k}" for k, v in sorted(counts.items())) or "nothing to do")
     run_dir = new_run_dir(resolved.cfg["report"]["dir"])

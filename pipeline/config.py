@@ -169,14 +169,21 @@ def _check_type(value: Any, tp: Any, path: str, errors: list[str], unknown: list
             errors.append(f"{path}: expected a mapping, got {type(value).__name__} {value!r}")
             return
         hints = typing.get_type_hints(tp)
-        for k, v in value.items():
+        fields = {f.name: f for f in dataclasses.fields(tp)}
+        for k, v in list(value.items()):
             sub = f"{path}.{k}" if path else str(k)
             if k not in hints:
                 near = difflib.get_close_matches(str(k), list(hints), n=1)
                 (errors if unknown is None else unknown).append(
                     f"{sub}: unknown key" + (f" (did you mean '{near[0]}'?)" if near else f"; known: {', '.join(hints)}"))
                 continue
+            before = len(errors)
             _check_type(v, hints[k], sub, errors, unknown)
+            if isinstance(value, dict) and any(e.startswith(f"{sub}: ") for e in errors[before:]):
+                # Reported; put the schema default in its place so the other checks can run.
+                f = fields[k]
+                default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+                value[k] = dataclasses.asdict(default) if dataclasses.is_dataclass(default) else default
         return
     origin = typing.get_origin(tp)
     if origin in (list, List):
@@ -185,7 +192,10 @@ def _check_type(value: Any, tp: Any, path: str, errors: list[str], unknown: list
             return
         (item,) = typing.get_args(tp) or (Any,)
         for i, v in enumerate(value):
+            before = len(errors)
             _check_type(v, item, f"{path}[{i}]", errors, unknown)
+            if dataclasses.is_dataclass(item) and isinstance(value, list) and any(e.startswith(f"{path}[{i}]: ") for e in errors[before:]):
+                value[i] = dataclasses.asdict(item())  # reported; a default item lets the other checks run
         return
     if origin in (dict, Dict):
         if not isinstance(value, (dict, DictConfig)):
@@ -281,10 +291,11 @@ def validate(cfg: dict) -> Resolved:
 
     errors: list[str] = []
     unknown: list[str] = []
-    _check_type({k: v for k, v in cfg.items() if k != "hydra"}, RunConfig, "", errors, unknown)
-    if errors:  # the rest of the checks assume the types are right
-        raise ConfigError(unknown + errors)
-    errors = unknown  # a misspelt key is never read below: report it with everything else
+    cfg.pop("hydra", None)
+    _check_type(cfg, RunConfig, "", errors, unknown)
+    # Wrongly typed values were reported and replaced by their defaults; a misspelt key is
+    # never read below: both are reported with everything the later checks find.
+    errors = unknown + errors
     mode = cfg.get("mode", "run")
     if mode not in MODES:
         errors.append(f"mode: {mode!r} is not one of {', '.join(MODES)}")

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import copy
 import json
+import os
 import time
 from pathlib import Path
 from typing import Any
@@ -326,7 +327,10 @@ def export_decoder(
         "versions": {"torch": torch.__version__, "transformers": transformers.__version__},
         "timings": {"export_s": round(export_s, 3), "compile_s": round(compile_s, 3)},
     }
-    (workdir / META_FILE).write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
+    # decoder.json last and atomically: its presence marks a complete artifact folder
+    tmp = workdir / (META_FILE + ".tmp")
+    tmp.write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
+    os.replace(tmp, workdir / META_FILE)
     return meta
 
 

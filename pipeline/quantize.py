@@ -59,6 +59,10 @@ def export_int8(module, inputs: dict, dynamic_shapes: Any = None):
     quantizer, prepare_pt2e, convert_pt2e = _quantizer()
     with torch.no_grad():
         captured = torch.export.export(module, (), kwargs=inputs, dynamic_shapes=dynamic_shapes, strict=True).module()
+        # Outputs the task does not return (BERT's pooler: Linear + Tanh) survive export as
+        # user-less nodes; the quantizer's Linear->Tanh pattern matcher trips over them.
+        captured.graph.eliminate_dead_code()
+        captured.recompile()
         prepared = prepare_pt2e(captured, quantizer)
         prepared(**inputs)  # dynamic quantization: observers only record weights; one pass is enough
         converted = convert_pt2e(prepared, fold_quantize=True)

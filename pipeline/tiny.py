@@ -22,9 +22,9 @@ TINY = {
     "tiny-bert-mlm": ("BertConfig", "AutoModelForMaskedLM", dict(COMMON)),
     "tiny-llama": ("LlamaConfig", "AutoModelForCausalLM",
                    dict(vocab_size=256, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
-                        num_key_value_heads=1, max_position_embeddings=64, bos_token_id=1, eos_token_id=2, pad_token_id=0)),
+                        num_key_value_heads=1, max_position_embeddings=128, bos_token_id=1, eos_token_id=2, pad_token_id=0)),
     "tiny-gpt2": ("GPT2Config", "AutoModelForCausalLM",
-                  dict(vocab_size=256, n_embd=32, n_layer=2, n_head=2, n_positions=64, bos_token_id=1, eos_token_id=2, pad_token_id=0)),
+                  dict(vocab_size=256, n_embd=32, n_layer=2, n_head=2, n_positions=128, bos_token_id=1, eos_token_id=2, pad_token_id=0)),
 }
 
 

@@ -10,6 +10,7 @@ import shutil
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import pytest
@@ -57,21 +58,73 @@ def _eager_generate(model, prompt, **kwargs):
         return model.generate(prompt, attention_mask=torch.ones_like(prompt), **kwargs)
 
 
+# Artifacts compiled by two background worker processes (what the pipeline's workers do:
+# load the saved model, export, compile), so compiles overlap and the test process stays
+# free of inductor's compile pools. The eager references use the very models saved.
+ARTIFACTS = [[("llama", "fp32"), ("qwen2", "fp32")], [("gpt2", "fp32"), ("llama", "bf16")]]
+
+COMPILE_SCRIPT = textwrap.dedent(
+    """
+    import json, sys, traceback
+    from pathlib import Path
+    from transformers import AutoModelForCausalLM
+    from pipeline.decoder import export_decoder
+    for spec in json.loads(sys.argv[1]):
+        out = Path(spec["out"])
+        try:
+            model = AutoModelForCausalLM.from_pretrained(spec["model_dir"])
+            export_decoder(model, spec["batch_size"], spec["sequence_length"], spec["dtype"], out)
+        except BaseException:
+            out.mkdir(parents=True, exist_ok=True)
+            (out / "error.txt").write_text(traceback.format_exc())
+    """
+)
+
+
+def _env():
+    return dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+
+
 @pytest.fixture(scope="module")
 def compiled(tmp_path_factory):
-    """compiled(arch, dtype) -> (eager fp32 model, artifact folder, meta); compiled once per module."""
-    cache: dict = {}
+    """compiled(arch, dtype) -> (eager fp32 model, artifact folder, meta)."""
     root = tmp_path_factory.mktemp("decoders")
+    models = {}
+    for arch in {arch for group in ARTIFACTS for arch, _ in group}:
+        models[arch] = _tiny_model(arch)
+        models[arch].save_pretrained(root / f"model-{arch}")
+    procs = []
+    for group in ARTIFACTS:
+        specs = [
+            {"model_dir": str(root / f"model-{arch}"), "out": str(root / f"{arch}-{dtype}"),
+             "batch_size": BATCH, "sequence_length": SEQ, "dtype": dtype}
+            for arch, dtype in group
+        ]
+        procs.append(subprocess.Popen(
+            [sys.executable, "-c", COMPILE_SCRIPT, json.dumps(specs)], env=_env(),
+            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+        ))
+    owner = {key: procs[i] for i, group in enumerate(ARTIFACTS) for key in group}
 
     def get(arch: str, dtype: str = "fp32"):
-        if (arch, dtype) not in cache:
-            model = _tiny_model(arch)
-            folder = root / f"{arch}-{dtype}"
-            meta = D.export_decoder(model, BATCH, SEQ, dtype, folder)
-            cache[arch, dtype] = (model, folder, meta)
-        return cache[arch, dtype]
+        folder = root / f"{arch}-{dtype}"
+        proc = owner[arch, dtype]
+        deadline = time.monotonic() + 900
+        while not (folder / D.META_FILE).is_file() and not (folder / "error.txt").is_file():
+            if proc.poll() is not None and not (folder / D.META_FILE).is_file():
+                pytest.fail(f"compile worker for {arch}/{dtype} exited {proc.returncode}: {proc.stderr.read()[-3000:]}")
+            if time.monotonic() > deadline:
+                pytest.fail(f"compile of {arch}/{dtype} timed out")
+            time.sleep(0.2)
+        if (folder / "error.txt").is_file():
+            pytest.fail(f"export_decoder({arch}, {dtype}) failed:\n{(folder / 'error.txt').read_text()}")
+        return models[arch], folder, json.loads((folder / D.META_FILE).read_text())
 
-    return get
+    yield get
+    for proc in procs:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait()
 
 
 @pytest.fixture(scope="module")
@@ -114,8 +167,7 @@ def fresh_process_ids(compiled, prompts, tmp_path_factory):
     job.write_text(json.dumps({"folders": folders, "requests": [[prompts[0].tolist(), NEW], [prompts[1].tolist(), 20]]}))
     script = work / "run.py"
     script.write_text(FRESH_SCRIPT)
-    env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    proc = subprocess.run([sys.executable, str(script), str(job)], capture_output=True, text=True, env=env, timeout=300)
+    proc = subprocess.run([sys.executable, str(script), str(job)], capture_output=True, text=True, env=_env(), timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
@@ -147,8 +199,9 @@ def test_prompts_in_a_row_same_as_fresh(llama, prompts):
     assert torch.equal(D.generate(runner, long_prompt, max_new_tokens=SEQ - 12), ref_long)
     assert torch.equal(D.generate(runner, short, max_new_tokens=6), ref_short)
     assert torch.equal(D.generate(runner, long_prompt, max_new_tokens=SEQ - 12), ref_long)
-    # a one-token prompt works too (prefill of length 1 == a decode step at position 0)
+    # a one-token prompt works too; it is a strided view: the runner must make it contiguous
     one = short[:, :1]
+    assert not one.is_contiguous()
     assert torch.equal(D.generate(runner, one, max_new_tokens=10), _eager_generate(model, one, max_new_tokens=10))
 
 
@@ -160,8 +213,6 @@ def test_artifact_folder_and_meta(llama):
     assert meta["format"] == D.FORMAT and meta["dtype"] == "fp32" and meta["architecture"] == "LlamaForCausalLM"
     assert meta["input_names"] == ["input_ids", "cache_position"] and meta["output_names"] == ["logits"]
     assert meta["inductor_configs"] == D.DEFAULT_INDUCTOR_CONFIGS
-    # the caller's model is left as it was
-    assert llama[0].generation_config.cache_implementation is None
     logits = runner(torch.zeros(BATCH, 3, dtype=torch.long), torch.arange(3))
     assert logits.shape == (BATCH, 3, VOCAB)
     with pytest.raises(D.StaticShapeError, match="batch_size=2"):
@@ -360,6 +411,7 @@ def test_unexportable_decoders_fail_clearly(tmp_path):
     with pytest.raises(D.DecoderExportError, match="OPTForCausalLM: the exported graph cannot run a one-token decode step"):
         D.export_decoder(opt, 1, 16, "fp32", tmp_path / "opt")
     assert not (tmp_path / "opt" / D.ARTIFACT_FILE).exists()
+    assert opt.generation_config.cache_implementation is None  # the caller's model is left as it was
 
 
 # --------------------------------------------------------------------------- metrics
