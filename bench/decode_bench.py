@@ -51,6 +51,11 @@ def _compile(args: argparse.Namespace) -> None:
 def _measure(args: argparse.Namespace) -> None:
     import torch
 
+    # Both variants get the same intra-op threads. The AOTI kernels' `#pragma omp parallel`
+    # follows torch.set_num_threads too. On an oversubscribed machine (load > cores) OpenMP
+    # barriers make the compiled graph 10-30x slower at 2 threads; 1 thread is the stable figure.
+    torch.set_num_threads(args.threads)
+
     prompt = torch.randint(0, args.vocab, (args.batch, args.prompt_length), generator=torch.Generator().manual_seed(0))
     if args.variant == "eager":
         from transformers import AutoModelForCausalLM
@@ -98,7 +103,7 @@ def _measure(args: argparse.Namespace) -> None:
 def _child(role: str, args: argparse.Namespace, **extra) -> dict:
     cmd = [sys.executable, str(Path(__file__).resolve()), "--role", role]
     for name, value in {**vars(args), **extra}.items():
-        if name in ("role", "batch_sizes"):
+        if name in ("role", "batch_sizes", "thread_counts"):
             continue
         cmd += [f"--{name.replace('_', '-')}", str(value)]
     env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
@@ -119,12 +124,14 @@ def main() -> None:
     parser.add_argument("--prompt-length", type=int, default=16)
     parser.add_argument("--new-tokens", type=int, default=64, help="decode steps timed")
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--thread-counts", type=int, nargs="+", default=[1], help="torch/OpenMP threads per run")
     parser.add_argument("--workdir", default="")
     # set by the parent for children
     parser.add_argument("--model-dir", default="")
     parser.add_argument("--artifact", default="")
     parser.add_argument("--batch", type=int, default=1)
     parser.add_argument("--variant", default="eager")
+    parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args()
 
     if args.role == "compile":
@@ -143,25 +150,32 @@ def main() -> None:
     rows = []
     for batch in args.batch_sizes:
         artifact = workdir / f"compiled-b{batch}"
-        timings = _child("compile", args, batch=batch, artifact=artifact)
+        if (artifact / "decoder.json").is_file():  # --workdir reuse
+            timings = json.loads((artifact / "decoder.json").read_text())["timings"]
+        else:
+            timings = _child("compile", args, batch=batch, artifact=artifact)
         print(f"compiled batch={batch}: export {timings['export_s']:.1f} s, AOTI compile {timings['compile_s']:.1f} s")
-        result = {v: _child("measure", args, batch=batch, artifact=artifact, variant=v) for v in ("eager", "compiled")}
-        rows.append((batch, result))
+        for threads in args.thread_counts:
+            result = {
+                v: _child("measure", args, batch=batch, artifact=artifact, variant=v, threads=threads)
+                for v in ("eager", "compiled")
+            }
+            rows.append((batch, threads, result))
 
     print()
-    print(f"{'batch':>5} {'variant':>9} {'prefill ms':>11} {'decode ms/step':>15} {'decode tok/s':>13} {'e2e tok/s':>10}")
-    for batch, result in rows:
+    print(f"{'batch':>5} {'threads':>7} {'variant':>9} {'prefill ms':>11} {'decode ms/step':>15} {'decode tok/s':>13} {'e2e tok/s':>10}")
+    for batch, threads, result in rows:
         for variant in ("eager", "compiled"):
             r = result[variant]
-            print(f"{batch:>5} {variant:>9} {r['prefill_ms']:>11.2f} {r['decode_ms_per_step']:>15.3f} "
+            print(f"{batch:>5} {threads:>7} {variant:>9} {r['prefill_ms']:>11.2f} {r['decode_ms_per_step']:>15.3f} "
                   f"{r['decode_tok_s']:>13.1f} {r['e2e_tok_s']:>10.1f}")
     print()
-    print(f"{'batch':>5} {'decode speedup':>15} {'e2e speedup':>12} {'greedy ids identical':>21}")
-    for batch, result in rows:
+    print(f"{'batch':>5} {'threads':>7} {'decode speedup':>15} {'e2e speedup':>12} {'greedy ids identical':>21}")
+    for batch, threads, result in rows:
         e, c = result["eager"], result["compiled"]
-        print(f"{batch:>5} {c['decode_tok_s'] / e['decode_tok_s']:>14.2f}x {c['e2e_tok_s'] / e['e2e_tok_s']:>11.2f}x "
+        print(f"{batch:>5} {threads:>7} {c['decode_tok_s'] / e['decode_tok_s']:>14.2f}x {c['e2e_tok_s'] / e['e2e_tok_s']:>11.2f}x "
               f"{str(e['ids'] == c['ids']):>21}")
-    print(f"\n(torch threads {rows[0][1]['eager']['threads']}, load average {os.getloadavg()[0]:.2f} on {os.cpu_count()} CPUs)")
+    print(f"\n(load average {os.getloadavg()[0]:.2f} on {os.cpu_count()} CPUs; speedup = compiled / eager)")
 
 
 if __name__ == "__main__":

@@ -299,12 +299,46 @@ class CompiledModelForMaskedLM(CompiledModel):
     task = "fill-mask"
 
 
+class CompiledModelForCausalLM(CompiledModel):
+    """A compiled decoder over a static KV cache: batch_size and sequence_length (prompt +
+    generated tokens) are fixed at compile time; generate() enforces both before any work."""
+
+    task = "text-generation"
+
+    def forward(self, input_ids=None, attention_mask=None, return_dict: bool = True, **unused):
+        """Logits for a prompt of the compiled batch size (a prefill from position 0)."""
+        import torch
+        import transformers.modeling_outputs as mo
+
+        ids = torch.as_tensor(input_ids)
+        ids = ids[None] if ids.dim() == 1 else ids
+        if attention_mask is not None and not bool(torch.as_tensor(attention_mask).bool().all()):
+            raise ValueError("padded prompts are not supported by the static-cache graph: pass equal-length prompts")
+        with torch.no_grad():
+            logits = self.runner(ids, torch.arange(ids.shape[1])).float()
+        out = mo.CausalLMOutput(logits=logits)
+        return out if return_dict else out.to_tuple()
+
+    __call__ = forward
+
+    def generate(self, input_ids, attention_mask=None, generation_config=None, **kwargs):
+        """Like transformers' generate(): greedy or sampling; defaults from the artifact's
+        generation_config.json, call arguments take precedence."""
+        from pipeline import decoder
+
+        return decoder.generate(self.runner, input_ids, attention_mask=attention_mask, generation_config=generation_config, **kwargs)
+
+    def can_generate(self) -> bool:
+        return True
+
+
 CLASS_FOR_TASK = {
     "feature-extraction": CompiledModelForFeatureExtraction,
     "text-classification": CompiledModelForSequenceClassification,
     "token-classification": CompiledModelForTokenClassification,
     "question-answering": CompiledModelForQuestionAnswering,
     "fill-mask": CompiledModelForMaskedLM,
+    "text-generation": CompiledModelForCausalLM,
 }
 
 
@@ -318,3 +352,4 @@ NeuronModelForSequenceClassification = _neuron_default(CompiledModelForSequenceC
 NeuronModelForTokenClassification = _neuron_default(CompiledModelForTokenClassification)
 NeuronModelForQuestionAnswering = _neuron_default(CompiledModelForQuestionAnswering)
 NeuronModelForMaskedLM = _neuron_default(CompiledModelForMaskedLM)
+NeuronModelForCausalLM = _neuron_default(CompiledModelForCausalLM)

@@ -34,10 +34,9 @@ def _metric_brief(row: dict) -> str:
     parts = []
     for name, m in (row.get("metrics") or {}).items():
         if "max_abs" in m:
-            bit = f"{name}: max_abs {m['max_abs']:.2g} cos {m.get('cosine', float('nan')):.6f}"
-            if "agreement_length" in m:
-                bit += f" greedy {m['agreement_length']}"
-            parts.append(bit)
+            parts.append(f"{name}: max_abs {m['max_abs']:.2g} cos {m.get('cosine', float('nan')):.6f}")
+        if "agreement_length" in m:
+            parts.append(f"greedy agreement {m['agreement_length']}/{m['compared_tokens']} tokens")
     return "; ".join(parts)
 
 

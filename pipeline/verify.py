@@ -99,6 +99,30 @@ def gate(metrics: dict[str, dict], tolerance: dict) -> str | None:
     return None
 
 
+def decoder_reference(model, batch_size: int, sequence_length: int, generate_tokens: int, seed: int) -> tuple[dict, dict]:
+    """Seeded prompts; the eager model's logits on them and its greedy continuation.
+
+    The prompt takes a quarter of the compiled length (at most 8 tokens) and the rest, up to
+    `generate_tokens`, is generated; min_new_tokens keeps eos from ending a row early, so
+    both sides generate exactly the same number of tokens."""
+    import torch
+
+    prompt_len = max(1, min(8, sequence_length // 4))
+    n = max(1, min(generate_tokens, sequence_length - prompt_len))
+    vocab = int(model.config.vocab_size)
+    g = torch.Generator().manual_seed(seed)
+    prompt = torch.randint(min(5, vocab - 1), vocab, (batch_size, prompt_len), generator=g, dtype=torch.int64)
+    pad = model.generation_config.pad_token_id
+    if pad is None:
+        eos = model.generation_config.eos_token_id
+        pad = (eos[0] if isinstance(eos, list) else eos) if eos is not None else 0
+    with torch.no_grad():
+        logits = model(input_ids=prompt, attention_mask=torch.ones_like(prompt)).logits.float()
+        generated = model.generate(prompt, attention_mask=torch.ones_like(prompt), do_sample=False, max_new_tokens=n,
+                                   min_new_tokens=n, pad_token_id=pad, num_beams=1)
+    return {"input_ids": prompt, "max_new_tokens": torch.tensor(n)}, {"logits": logits, "generated": generated}
+
+
 def run_artifact(folder: Path, inputs_path: Path, out_path: Path) -> None:
     """Load a compiled artifact with only its config.json and run it on saved inputs."""
     from pipeline.backends import get_backend
@@ -109,13 +133,19 @@ def run_artifact(folder: Path, inputs_path: Path, out_path: Path) -> None:
     runner = backend.load(folder, config)
     inputs = load_tensors(inputs_path)
     if meta["task"] == "text-generation":
+        import torch
+
         from pipeline import decoder
 
         prompt = inputs["input_ids"]
         n = int(inputs["max_new_tokens"].item())
-        ids = decoder.generate(runner, prompt, max_new_tokens=n, min_new_tokens=n, do_sample=False)
-        logits = runner.prefill_logits(prompt)
-        save_tensors({"logits": logits.float(), "generated": ids}, out_path)
+        with torch.no_grad():
+            if hasattr(runner, "prefill_logits"):  # engines that only return the last position's logits
+                logits = runner.prefill_logits(prompt)
+            else:
+                logits = runner(prompt, torch.arange(prompt.shape[1]))
+            ids = decoder.generate(runner, prompt, max_new_tokens=n, min_new_tokens=n, do_sample=False)
+        save_tensors({"logits": logits.float().cpu(), "generated": ids.cpu()}, out_path)
         return
     outputs = runner(**inputs)
     save_tensors({k: v.float().cpu() for k, v in outputs.items()}, out_path)

@@ -83,9 +83,8 @@ def build_artifact(job: dict, cache: Cache, tmp: Path, timings: dict) -> dict:
         timings["reference_reused"] = True
     else:
         if task.decoder:
-            from pipeline import decoder
-
-            inputs, reference = decoder.reference(model, shapes["batch_size"], shapes["sequence_length"], job["verify"]["generate_tokens"], job["verify"]["seed"])
+            inputs, reference = verify.decoder_reference(model, shapes["batch_size"], shapes["sequence_length"],
+                                                         job["verify"]["generate_tokens"], job["verify"]["seed"])
         else:
             inputs = tasks.example_inputs(model.config.to_dict(), shapes["batch_size"], shapes["sequence_length"], job["verify"]["seed"], tokenizer)
             with torch.no_grad():
@@ -112,8 +111,6 @@ def build_artifact(job: dict, cache: Cache, tmp: Path, timings: dict) -> dict:
     (tmp / "config.json").write_text(json.dumps(config, indent=1, sort_keys=True))
     if tokenizer is not None:
         tokenizer.save_pretrained(tmp)
-    if getattr(model, "generation_config", None) is not None and task.decoder:
-        model.generation_config.save_pretrained(tmp)
 
     # Fresh-process verification: only the artifact and its config.json are used.
     t = time.perf_counter()
@@ -135,9 +132,10 @@ def build_artifact(job: dict, cache: Cache, tmp: Path, timings: dict) -> dict:
     if task.decoder:
         from pipeline import decoder
 
-        metrics = {"logits": verify.output_metrics(reference["logits"], got["logits"], None, argmax=True, atol=tol.get("atol"), rtol=tol.get("rtol"))}
-        metrics["logits"].update(decoder.greedy_agreement(reference["generated"], got["generated"]))
-        metrics["logits"]["token_agreement"] = metrics["logits"].get("agreement_rate", 0.0)
+        ref_logits = reference["logits"] if got["logits"].dim() == 3 else reference["logits"][:, -1]
+        metrics = {"logits": verify.output_metrics(ref_logits, got["logits"], None, argmax=True, atol=tol.get("atol"), rtol=tol.get("rtol"))}
+        agreement = decoder.greedy_agreement(reference["generated"], got["generated"], prompt_length=inputs["input_ids"].shape[1])
+        metrics["generated"] = {**agreement, "token_agreement": agreement["agreement_rate"]}
     else:
         metrics = {name: verify.output_metrics(reference[name], got[name], mask, task.argmax, tol.get("atol"), tol.get("rtol")) for name in task.outputs}
     broken = verify.gate(metrics, tol)

@@ -27,10 +27,15 @@ def test_smoke_sweep_passes_end_to_end(smoke):
     report = smoke["report"]
     jobs = report["jobs"]
     models = {j["model"] for j in jobs}
-    assert models == {"tiny-bert", "tiny-distilbert", "tiny-roberta"}
-    assert {j["cast_type"] for j in jobs} == {"fp32", "bf16"} and len(jobs) == 12
+    assert models == {"tiny-bert", "tiny-distilbert", "tiny-roberta", "tiny-llama"}
+    assert {j["cast_type"] for j in jobs} == {"fp32", "bf16"} and len(jobs) == 14
     assert all(j["status"] == "passed" for j in jobs), [(j["model"], j["error"]) for j in jobs]
-    assert "summary" in smoke["stdout"] and "12 passed" in smoke["stdout"]
+    assert "summary" in smoke["stdout"] and "14 passed" in smoke["stdout"]
+    for j in jobs:
+        if j["task"] == "text-generation":  # the report carries the agreement metrics
+            assert j["metrics"]["generated"]["compared_tokens"] == 32
+            if j["cast_type"] == "fp32":
+                assert j["metrics"]["generated"]["exact"] and j["metrics"]["generated"]["agreement_length"] == 32
     for j in jobs:
         entry = Path(j["artifact"])
         manifest = json.loads((entry / "manifest.json").read_text())
@@ -41,7 +46,7 @@ def test_smoke_sweep_passes_end_to_end(smoke):
             assert {"max_abs", "mean_abs", "rel_error", "cosine"} <= set(m), name
     run_dir = smoke["runs"] / "latest"
     assert {"plan.json", "report.json", "report.md", "junit.xml"} <= {p.name for p in run_dir.iterdir()}
-    assert 'tests="12" failures="0"' in (run_dir / "junit.xml").read_text()
+    assert 'tests="14" failures="0"' in (run_dir / "junit.xml").read_text()
 
 
 @pytest.mark.slow
@@ -52,11 +57,11 @@ def test_second_identical_run_is_all_cached_and_compiles_nothing(smoke):
     elapsed = time.perf_counter() - t
     assert proc.returncode == 0, proc.stderr
     report = latest_report(smoke["runs"])
-    assert [j["status"] for j in report["jobs"]] == ["cached"] * 12
+    assert [j["status"] for j in report["jobs"]] == ["cached"] * 14
     assert all(j["attempts"] == 0 for j in report["jobs"])  # no worker process was started
     assert {p: p.stat().st_mtime_ns for p in smoke["cache"].glob("??/*/manifest.json")} == before
     assert not (smoke["runs"] / "latest" / "jobs").exists()
-    print(f"all-hit rerun of 12 jobs: {elapsed:.1f} s")
+    print(f"all-hit rerun of 14 jobs: {elapsed:.1f} s")
 
 
 @pytest.mark.slow

@@ -123,7 +123,7 @@ class InductorBackend(Backend):
                 model, spec["shapes"]["batch_size"], spec["shapes"]["sequence_length"], spec["cast_type"], workdir,
                 inductor_configs=dict(self.options["inductor_configs"]), device=self.options["device"],
             )
-            return {"compiled": {"format": "aoti-pt2-decoder", **info}}
+            return {"compiled": info}
         device = self.options["device"]
         dtype = getattr(torch, DTYPES[spec["cast_type"]])
         model = model.to(device=device, dtype=dtype).eval()
@@ -157,10 +157,10 @@ class InductorBackend(Backend):
         import torch
 
         info = compile_config["compiled"]
-        if info["format"] == "aoti-pt2-decoder":
+        if info["format"] != "aoti-pt2":
             from pipeline import decoder
 
-            return decoder.load_decoder(folder)
+            return decoder.load_decoder(folder, info)
         package = torch._inductor.aoti_load_package(str(Path(folder) / info["file"]))
         names, outputs, device = info["input_names"], info["output_names"], info["device"]
 
