@@ -40,36 +40,10 @@ from huggingface_hub.errors import (  # noqa: E402
 )
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from hub_fixtures import TOKEN, HubProc as Proc  # noqa: E402  (the server as a subprocess)
 from hubserver import start_server  # noqa: E402
 
 SERVER = Path(__file__).resolve().parent / "hubserver.py"
-TOKEN = "test-token"
-
-
-class Proc:
-    """hubserver.py running as a subprocess, as a pipeline test fixture would run it."""
-
-    def __init__(self, root: Path, token: str | None = TOKEN):
-        args = [sys.executable, str(SERVER), "--port", "0", "--root", str(root)]
-        if token:
-            args += ["--token", token]
-        self.proc = subprocess.Popen(args, stdout=subprocess.PIPE, text=True)
-        self.url = self.proc.stdout.readline().strip()
-        assert self.url.startswith("http://127.0.0.1:"), self.url
-
-    def test_api(self, path: str, body: dict | None = None, method: str | None = None) -> dict:
-        data = json.dumps(body).encode() if body is not None else None
-        req = urllib.request.Request(self.url + path, data=data, method=method,
-                                     headers={"Content-Type": "application/json"})
-        with urllib.request.urlopen(req, timeout=10) as r:
-            return json.loads(r.read())
-
-    def stop(self, sig=signal.SIGTERM) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(sig)
-        rc = self.proc.wait(timeout=10)
-        self.proc.stdout.close()
-        return rc
 
 
 @pytest.fixture(autouse=True)
