@@ -22,10 +22,11 @@ The recipe, and why:
   u8 range. Each Linear's input is multiplied by 1/s per channel and its weight columns by s
   (exact in fp32; Inductor fuses the multiply into the producer's kernel), with
   s = amax(x)^a / amax(w)^(1-a), kept only where it lowers that layer's simulated int8 error.
-- Layers whose simulated int8 error stays above `max_layer_error` (relative Frobenius error of
-  the layer output on the calibration batch) stay fp32. In MiniLM those are FFN down-projections
-  of the first layers: their GELU outputs carry token outliers ("massive activations") that
-  neither per-tensor scales nor channel smoothing fix.
+- Layers whose simulated int8 error on the calibration batch stays above `max_layer_error`
+  (relative error of the layer output, worst token: the gate checks every position) stay fp32.
+  In MiniLM those are the FFN down-projections of layers 0-3 (GELU outputs with token outliers,
+  "massive activations", that neither per-tensor scales nor channel smoothing fix) and a few
+  value projections: 8 of 36 Linear layers, ~28% of the Linear FLOPs.
 - Calibration uses synthetic token ids (seeded, same shape and mask as the example inputs;
   the first token kept), not the example inputs themselves, which the worker also uses to
   verify: the gate then measures generalisation, not a fit to its own test data.
@@ -38,9 +39,9 @@ from __future__ import annotations
 import copy
 from typing import Any
 
-INT8_RECIPE = "pt2e-x86-dynamic-u8-act-per-channel-s8-weight-smooth0.5-skip0.05"
+INT8_RECIPE = "pt2e-x86-dynamic-u8-act-per-channel-s8-weight-smooth0.5-skip-worst-token-0.1"
 ALPHA = 0.5
-MAX_LAYER_ERROR = 0.05
+MAX_LAYER_ERROR = 0.1
 CALIBRATION_SEED = 1234
 
 
@@ -80,7 +81,7 @@ def _smoothed_linear_class():
     return SmoothedLinear
 
 
-def _simulated_error(x, weight) -> float:
+def _simulated_error(x, weight, worst_token: bool = False) -> float:
     """Relative error of x @ W^T when x is u8 per-tensor and W s8 per-channel (the runtime scheme)."""
     import torch
 
@@ -92,8 +93,11 @@ def _simulated_error(x, weight) -> float:
     ws = weight.abs().amax(1, keepdim=True).clamp(min=1e-12) / 127.0
     wq = (weight / ws).round().clamp(-127, 127) * ws
     y = torch.nn.functional.linear(x, weight)
+    d = torch.nn.functional.linear(xq, wq) - y
+    if worst_token:  # the gate checks every position: one token with massive activations counts
+        return (d.norm(dim=-1) / y.norm(dim=-1).clamp(min=1e-12)).max().item()
     norm = y.norm().item()
-    return (torch.nn.functional.linear(xq, wq) - y).norm().item() / norm if norm > 0 else 0.0
+    return d.norm().item() / norm if norm > 0 else 0.0
 
 
 def calibration_inputs(inputs: dict, vocab_size: int | None, seed: int = CALIBRATION_SEED) -> dict:
@@ -134,12 +138,12 @@ def plan_layers(module, calib: dict, alpha: float = ALPHA, max_layer_error: floa
     plan = {}
     for name, x in inputs.items():
         weight = linears[name].weight.detach().float()
-        raw = _simulated_error(x, weight)
         s = (x.abs().amax(0).clamp(min=1e-5) ** alpha / weight.abs().amax(0).clamp(min=1e-5) ** (1 - alpha)).clamp(min=1e-5)
-        smoothed = _simulated_error(x / s, weight * s)
-        best = min(raw, smoothed)
-        plan[name] = {"scale": s if smoothed < raw else None, "quantize": best <= max_layer_error,
-                      "error": round(best, 5), "error_unsmoothed": round(raw, 5)}
+        raw, smoothed = _simulated_error(x, weight), _simulated_error(x / s, weight * s)
+        use = smoothed < raw
+        worst = _simulated_error(x / s, weight * s, worst_token=True) if use else _simulated_error(x, weight, worst_token=True)
+        plan[name] = {"scale": s if use else None, "quantize": worst <= max_layer_error,
+                      "error": round(min(raw, smoothed), 5), "worst_token_error": round(worst, 5)}
     return plan
 
 
@@ -164,7 +168,9 @@ def apply_smoothing(module, plan: dict[str, dict]):
 def export_int8(module, inputs: dict, dynamic_shapes: Any = None, *, alpha: float = ALPHA,
                 max_layer_error: float = MAX_LAYER_ERROR, report: dict | None = None, dynamic: bool = True):
     """Export `module(**inputs)` with dynamic int8 Linear layers (see the module docstring) as an
-    ExportedProgram for aoti_compile_and_package. `report`, when given, receives the per-layer plan."""
+    ExportedProgram for aoti_compile_and_package. `report`, when given, receives the per-layer plan.
+    `dynamic=False` is static activation quantization (ranges from the calibration batch): fewer
+    ops per call, but fixed activation scales lose accuracy on outlier-heavy encoders."""
     import torch
 
     xiq, prepare_pt2e, convert_pt2e = _pt2e()
@@ -188,9 +194,7 @@ def export_int8(module, inputs: dict, dynamic_shapes: Any = None, *, alpha: floa
         captured.graph.eliminate_dead_code()
         captured.recompile()
         prepared = prepare_pt2e(captured, quantizer)
-        prepared(**calib)  # dynamic quantization: the observers only record the weights
-        if not dynamic:
-            prepared(**inputs)
+        prepared(**calib)  # dynamic: the observers only record weights; static: activation ranges too
         converted = convert_pt2e(prepared, fold_quantize=True)
         # The converted GraphModule is ATen-level code, not Python source for Dynamo: export it
         # again non-strict to hand AOTInductor an ExportedProgram.
