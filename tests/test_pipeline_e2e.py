@@ -197,3 +197,22 @@ def test_fail_fast_skips_the_rest(tiny_models, tmp_path):
     assert [r["status"] for r in rows] == ["failed", "skipped"]
     assert "fail_fast" in rows[1]["error"]
     assert 'skipped="1"' in (tmp_path / "runs" / "latest" / "junit.xml").read_text()
+
+
+@pytest.mark.slow
+def test_decoder_that_cannot_be_exported_fails_clearly_and_the_run_completes(smoke, tmp_path):
+    """Falcon's static-cache export fails in torch.export (measured); tiny-llama, cached by the
+    smoke run, still completes in the same run."""
+    import transformers
+
+    cfg = transformers.FalconConfig(vocab_size=256, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                                    max_position_embeddings=128)
+    transformers.FalconForCausalLM(cfg).save_pretrained(tmp_path / "tiny-falcon")
+    proc = run_cli("+sweep=smoke", f"matrix.models=[tiny-llama,{{id: {tmp_path / 'tiny-falcon'}, task: text-generation}}]",
+                   "matrix.exclude=[]", "matrix.include=[]", "matrix.shapes=[{batch_size:2,sequence_length:48}]",
+                   "matrix.cast_types=[fp32]", f"report.dir={tmp_path / 'runs'}", env=smoke["env"])
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    rows = {r["model"]: r for r in latest_report(tmp_path / "runs")["jobs"]}
+    assert rows["tiny-llama"]["status"] == "cached"
+    assert rows["tiny-falcon"]["status"] == "failed" and rows["tiny-falcon"]["attempts"] == 1
+    assert "compile failed: DecoderExportError" in rows["tiny-falcon"]["error"] and "Falcon" in rows["tiny-falcon"]["error"]
