@@ -75,8 +75,6 @@ def bench_inputs(path: Path, batch: int, seq: int) -> dict:
 
 
 def pooled(out, mask):
-    import torch
-
     out = out.float()
     if out.dim() == 3:
         m = mask.unsqueeze(-1).float()
