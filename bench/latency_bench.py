@@ -7,7 +7,7 @@ Variants, each timed in its own fresh process (torch.set_num_threads(2), ORT 2 i
   eager-fp32, eager-bf16                the transformers model
   aoti-fp32, aoti-bf16, aoti-int8       our artifacts, compiled through the pipeline's own code path
                                         (CompiledModelFor<Task>.from_pretrained(path, export=True, ...),
-                                        with the verification gate) into bench/results/cache, then
+                                        with the verification gate) into artifacts/bench/latency/cache, then
                                         loaded with from_pretrained(folder) in the timing process
   ort-fp32, ort-int8                    torch.onnx.export -> ONNX Runtime (ORT_ENABLE_ALL); int8 is
                                         onnxruntime.quantization.quantize_dynamic(per_channel=True, QInt8)
@@ -259,7 +259,8 @@ def main() -> int:
     ap.add_argument("--runs", type=int, default=None, help="default: 100 for MiniLM, 50 for tiny models")
     ap.add_argument("--warmup", type=int, default=10)
     ap.add_argument("--variants", nargs="+", default=list(VARIANTS))
-    ap.add_argument("--out", type=Path, default=RESULTS)
+    ap.add_argument("--out", type=Path, default=RESULTS, help="latency.md / latency.png")
+    ap.add_argument("--work", type=Path, default=REPO / "artifacts" / "bench" / "latency", help="compiled artifacts and ONNX models")
     # child mode
     ap.add_argument("--measure")
     ap.add_argument("--path")
@@ -280,7 +281,7 @@ def main() -> int:
 
         tiny.main([str(REPO / "artifacts" / "models")])
     args.out.mkdir(parents=True, exist_ok=True)
-    cache, work = args.out / "cache", args.out / "onnx"
+    cache, work = args.work / "cache", args.work / "onnx"  # big files: under artifacts/ (git-ignored)
     rows = []
     t0 = time.perf_counter()
     for name in args.models:

@@ -174,8 +174,8 @@ def export_int8(module, inputs: dict, dynamic_shapes: Any = None, *, alpha: floa
     import torch
 
     xiq, prepare_pt2e, convert_pt2e = _pt2e()
-    config = getattr(module, "model", module).config if hasattr(getattr(module, "model", module), "config") else None
-    calib = calibration_inputs(inputs, getattr(config, "vocab_size", None))
+    inner = getattr(module, "model", module)  # the backend's OutputsAsTuple wraps the HF model
+    calib = calibration_inputs(inputs, getattr(getattr(inner, "config", None), "vocab_size", None))
     plan = plan_layers(module, calib, alpha, max_layer_error)
     smoothed = apply_smoothing(module, plan)
 

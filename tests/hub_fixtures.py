@@ -4,7 +4,9 @@ Import the fixture into a test module: ``from hub_fixtures import hub, HubProc, 
 """
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -15,6 +17,29 @@ import pytest
 
 SERVER = Path(__file__).resolve().parent / "hubserver.py"
 TOKEN = "hf_TestTokenDoNotLeak0123456789"
+
+
+@contextlib.contextmanager
+def hub_client_online():
+    """Let the in-process huggingface_hub client talk to the loopback server.
+
+    The suite runs with HF_HUB_OFFLINE=1 (no internet here), and huggingface_hub reads its
+    environment once, at import, which an earlier test module may already have done: so the
+    constants are flipped too, and restored afterwards."""
+    import huggingface_hub.constants as c
+
+    saved = c.HF_HUB_OFFLINE, c.HF_HUB_DISABLE_XET, os.environ.get("HF_HUB_OFFLINE"), os.environ.get("HF_HUB_DISABLE_XET")
+    c.HF_HUB_OFFLINE, c.HF_HUB_DISABLE_XET = False, True
+    os.environ["HF_HUB_OFFLINE"], os.environ["HF_HUB_DISABLE_XET"] = "0", "1"
+    try:
+        yield
+    finally:
+        c.HF_HUB_OFFLINE, c.HF_HUB_DISABLE_XET = saved[0], saved[1]
+        for name, value in (("HF_HUB_OFFLINE", saved[2]), ("HF_HUB_DISABLE_XET", saved[3])):
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
 
 
 class HubProc:

@@ -40,7 +40,14 @@ from huggingface_hub.errors import (  # noqa: E402
 )
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from hub_fixtures import TOKEN, HubProc as Proc  # noqa: E402  (the server as a subprocess)
+from hub_fixtures import TOKEN, hub_client_online, HubProc as Proc  # noqa: E402  (the server as a subprocess)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _hub_client_online():
+    with hub_client_online():
+        yield
+
 from hubserver import start_server  # noqa: E402
 
 SERVER = Path(__file__).resolve().parent / "hubserver.py"

@@ -26,7 +26,14 @@ import pytest  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from conftest import REPO, cli_env, latest_report, run_cli  # noqa: E402
-from hub_fixtures import TOKEN, HubProc, hub  # noqa: E402,F401
+from hub_fixtures import TOKEN, hub_client_online, HubProc, hub  # noqa: E402,F401
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _hub_client_online():
+    with hub_client_online():
+        yield
+
 
 from pipeline import keys, publish  # noqa: E402
 from pipeline.cache import Cache  # noqa: E402
