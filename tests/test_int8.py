@@ -18,7 +18,7 @@ from pipeline.cache import Cache
 pytest.importorskip("torchao", reason="cast_type int8 needs torchao (PT2E moved out of torch.ao)")
 
 # include/exclude emptied: the smoke sweep's tiny-llama rows would name a model not in this matrix.
-INT8_JOB = ["+sweep=smoke", "matrix.models=[tiny-bert]", "matrix.cast_types=[int8]", "matrix.shapes=[{batch_size:1,sequence_length:16}]",
+INT8_JOB = ["matrix.models=[tiny-bert]", "matrix.cast_types=[int8]", "matrix.shapes=[{batch_size:1,sequence_length:16}]",
             "matrix.include=[]", "matrix.exclude=[]"]
 
 

@@ -38,7 +38,7 @@ def _hub_client_online():
 from pipeline import keys, publish  # noqa: E402
 from pipeline.cache import Cache  # noqa: E402
 
-ONE_JOB = ["+sweep=smoke", "matrix.models=[tiny-bert]", "matrix.cast_types=[fp32]", "matrix.shapes=[{batch_size:1,sequence_length:16}]"]
+ONE_JOB = ["matrix.models=[tiny-bert]", "matrix.cast_types=[fp32]", "matrix.shapes=[{batch_size:1,sequence_length:16}]"]
 NS = "org"
 CACHE_REPO = "org/pipeline-cache"
 VARIANT_REPO = "org/tiny-bert-inductor-fp32-b1-s16"
