@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from importlib import metadata
 from typing import Any
 
 # Bump when the export/compile code changes in a way that changes the compiled bytes.
@@ -28,6 +29,14 @@ SHORT = 12
 def canonical_cast_type(name: str) -> str | None:
     """The canonical cast type for a spelling, or None when it is not one."""
     return CAST_TYPE_ALIASES.get(str(name).lower())
+
+
+def package_version(dist: str) -> str:
+    """An installed distribution's version for a toolchain, or "absent"."""
+    try:
+        return metadata.version(dist)
+    except metadata.PackageNotFoundError:
+        return "absent"
 
 
 def canonical_json(obj: Any) -> str:

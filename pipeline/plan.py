@@ -67,7 +67,7 @@ def build_spec(model, task: str, shapes: dict, cast_type: str, auto_cast: str, d
     `toolchain`: backend.toolchain(), computed once per plan by the caller (reading package
     versions costs ~10 ms a call: per job, that was 20 s for a 1,000-job plan)."""
     cast = keys.canonical_cast_type(cast_type)
-    return {
+    spec = {
         "model": model.spec_model(),
         "task": task,
         "shapes": {k: int(v) for k, v in shapes.items() if v is not None},
@@ -78,6 +78,11 @@ def build_spec(model, task: str, shapes: dict, cast_type: str, auto_cast: str, d
         "toolchain": backend.toolchain() if toolchain is None else copy.deepcopy(toolchain),
         "recipe": keys.RECIPE_VERSION,
     }
+    if cast == "int8":  # the quantization recipe decides the int8 bytes too
+        from pipeline.quantize import INT8_RECIPE
+
+        spec["quantization"] = {"recipe": INT8_RECIPE, "torchao": keys.package_version("torchao")}
+    return spec
 
 
 def make_job(model, shapes: dict, cast_type: str, auto_cast: str, dynamic_batch_size: bool, backend, verify_cfg: dict, timeout_s: int,

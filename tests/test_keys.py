@@ -231,8 +231,8 @@ def test_toolchain_version_change_changes_the_key(monkeypatch, package):
     model = hub_model("google-bert/bert-base-uncased", "feature-extraction", "c" * 40)
     args = (model, model.task, {"batch_size": 1, "sequence_length": 128}, "fp32", "matmul", False, backend)
     before = build_spec(*args)
-    real = inductor_mod._version
-    monkeypatch.setattr(inductor_mod, "_version", lambda pkg: "99.0.0" if pkg == package else real(pkg))
+    real = inductor_mod.package_version
+    monkeypatch.setattr(inductor_mod, "package_version", lambda pkg: "99.0.0" if pkg == package else real(pkg))
     after = build_spec(*args)
     assert keys.key_of(after) != keys.key_of(before)
     assert keys.diff(before, after) == [(f"toolchain.{package}", before["toolchain"][package], "99.0.0")]

@@ -10,11 +10,11 @@ import platform
 import shutil
 import subprocess
 from dataclasses import dataclass, field
-from importlib import metadata
 from pathlib import Path
 from typing import Any, Dict
 
 from pipeline.backends.base import Backend
+from pipeline.keys import package_version
 
 DTYPES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16", "int8": "float32"}
 PACKAGE = "model.pt2"
@@ -29,11 +29,6 @@ class Options:
     inductor_configs: Dict[str, Any] = field(default_factory=lambda: {"freezing": True})
 
 
-def _version(pkg: str) -> str:
-    try:
-        return metadata.version(pkg)
-    except metadata.PackageNotFoundError:
-        return "absent"
 
 
 @functools.cache
@@ -87,8 +82,8 @@ class InductorBackend(Backend):
     def toolchain(self) -> dict[str, Any]:
         device = self.options.get("device", "cpu")
         return {
-            "torch": _version("torch"),
-            "transformers": _version("transformers"),
+            "torch": package_version("torch"),
+            "transformers": package_version("transformers"),
             "cxx": cxx_version(),
             "platform": {
                 "os": platform.system(),

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any, Callable, Optional
 
 from pipeline import keys
+from pipeline.keys import package_version
 from pipeline.backends.base import Backend, BackendUnavailable
 
 NEURON_INDEX_URL = "https://pip.repos.neuron.amazonaws.com"
@@ -262,11 +263,7 @@ def neuron_config_section(spec: dict[str, Any], compiler_version: str, *,
 
 # ---------------------------------------------------------------- environment facts
 
-def _version(dist: str) -> str:
-    try:
-        return importlib.metadata.version(dist)
-    except importlib.metadata.PackageNotFoundError:
-        return "absent"
+_version = package_version  # one helper for toolchain versions (pipeline.keys)
 
 
 def _has_module(name: str) -> bool:
