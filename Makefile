@@ -28,8 +28,9 @@ test: venv
 test-fast: venv
 	HF_HUB_OFFLINE=1 $(PY) -m pytest -q -m "not slow"
 
-bench: tiny-models
+bench: tiny-models   # the quick benches; bench/latency_bench.py (needs `pip install -e '.[bench]'`) takes ~30 min
 	HF_HUB_OFFLINE=1 $(PY) bench/plan_bench.py
+	HF_HUB_OFFLINE=1 $(PY) bench/cache_bench.py
 
 clean:
 	rm -rf artifacts/cache artifacts/runs artifacts/models artifacts/published
