@@ -287,7 +287,7 @@ class Resolved:
 def validate(cfg: dict) -> Resolved:
     """Check a composed config; raise ConfigError with every problem, each with its path."""
     from pipeline.backends import MODULES, get_backend, options_class
-    from pipeline.models import entry_from
+    from pipeline.models import entry_from, validation_job
 
     errors: list[str] = []
     unknown: list[str] = []
@@ -418,9 +418,7 @@ def validate(cfg: dict) -> Resolved:
             if seq > limit:
                 errors.append(f"{where['shape']}.sequence_length: {seq} exceeds max_position_embeddings {limit} of {info.name}")
         if backend is not None:
-            job = {"model": {"id": info.id, "task": info.task, "config": info.config, "name": info.name}, "task": info.task,
-                   "shapes": combo["shapes"], "cast_type": combo["cast_type"], "auto_cast": m["auto_cast"],
-                   "dynamic_batch_size": m["dynamic_batch_size"]}
+            job = validation_job(info, combo["shapes"], combo["cast_type"], m["auto_cast"], m["dynamic_batch_size"])
             for msg in backend.validate(job):
                 field_, _, text = msg.partition(":")
                 if field_.startswith("backend"):

@@ -129,7 +129,7 @@ class CompiledModel:
         from pipeline.config import VerifyConfig, check_model_id
         from pipeline.executors.local import run_worker
         from pipeline.keys import canonical_cast_type
-        from pipeline.models import entry_from
+        from pipeline.models import entry_from, validation_job
         from pipeline.plan import make_job
         import dataclasses
 
@@ -155,9 +155,7 @@ class CompiledModel:
         backend = get_backend(backend_name, options)
         verify_cfg = dataclasses.asdict(VerifyConfig())
         job = make_job(info, dict(input_shapes), auto_cast_type, auto_cast, dynamic_batch_size, backend, verify_cfg, 7200)
-        problems = backend.validate({"model": {"id": info.id, "task": info.task, "config": info.config, "name": info.name},
-                                     "task": info.task, "shapes": job["shapes"], "cast_type": job["cast_type"],
-                                     "auto_cast": auto_cast, "dynamic_batch_size": dynamic_batch_size})
+        problems = backend.validate(validation_job(info, job["shapes"], job["cast_type"], auto_cast, dynamic_batch_size))
         if problems:
             raise ValueError("; ".join(problems))
         cache = Cache(cache_dir)

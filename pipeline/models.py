@@ -49,6 +49,12 @@ class ModelInfo:
         return {"id": self.id if not self.local else f"local:{Path(self.id).name}", "revision": resolve_revision(self)}
 
 
+def validation_job(model: "ModelInfo", shapes: dict, cast_type: str, auto_cast: str, dynamic_batch_size: bool) -> dict:
+    """The fields of one combination that `Backend.validate` checks."""
+    return {"model": {"id": model.id, "task": model.task, "config": model.config, "name": model.name}, "task": model.task,
+            "shapes": shapes, "cast_type": cast_type, "auto_cast": auto_cast, "dynamic_batch_size": dynamic_batch_size}
+
+
 def offline() -> bool:
     return os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes")
 
