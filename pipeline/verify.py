@@ -6,6 +6,8 @@ Metrics cover non-pad positions only: pad positions carry the largest, meaningle
 
     python -m pipeline.verify ARTIFACT_DIR INPUTS.safetensors OUTPUTS.safetensors
 runs a compiled artifact in a fresh process: proof that it loads without the model's code.
+`python -m pipeline.verify --standby ARTIFACT_DIR` imports torch first and then reads those three
+paths as a JSON list from stdin, so a worker can start it before its compile ends.
 """
 from __future__ import annotations
 
@@ -151,5 +153,30 @@ def run_artifact(folder: Path, inputs_path: Path, out_path: Path) -> None:
     save_tensors({k: v.float().cpu() for k, v in outputs.items()}, out_path)
 
 
+def start_standby(folder: Path, log: Path):
+    """A fresh verifying process for the artifact that will be in `folder`: it imports torch now
+    and runs the artifact once told on its stdin (`proc.communicate(json.dumps([folder, inputs, outputs]))`)."""
+    import subprocess
+
+    with open(log, "w") as out:
+        return subprocess.Popen([sys.executable, "-m", "pipeline.verify", "--standby", str(folder)], stdin=subprocess.PIPE, stdout=out,
+                                stderr=subprocess.STDOUT, text=True, env=os.environ.copy())
+
+
+def _main(argv: list[str]) -> int:
+    if argv[:1] == ["--standby"]:
+        import torch  # noqa: F401
+        import torch._inductor  # noqa: F401
+
+        from pipeline.backends import inductor  # noqa: F401
+
+        line = sys.stdin.readline()
+        if not line.strip():
+            return 0  # not needed (the compile failed)
+        argv = json.loads(line)
+    run_artifact(Path(argv[0]), Path(argv[1]), Path(argv[2]))
+    return 0
+
+
 if __name__ == "__main__":
-    run_artifact(Path(sys.argv[1]), Path(sys.argv[2]), Path(sys.argv[3]))
+    raise SystemExit(_main(sys.argv[1:]))

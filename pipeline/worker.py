@@ -1,6 +1,11 @@
 """One job end to end, in its own process.
 
     python -m pipeline.worker JOB.json RESULT.json
+    python -m pipeline.worker --standby RUN_DIR   (then one line on stdin: ["JOB.json", "RESULT.json"])
+
+A standby worker pays its imports (torch, transformers, Inductor) before its job is known and
+waits on stdin for exactly one job; the executor starts the next one while the current job
+compiles, so each job still gets its own fresh process without waiting for its imports.
 
 Under the key's file lock: reuse a sound entry, else load the model, compute (or reuse) the
 CPU fp32 reference, compile, run the artifact in a FRESH process on the same inputs, gate,
@@ -12,7 +17,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import subprocess
 import sys
 import time
 import traceback
@@ -55,9 +59,7 @@ def _tokenizer(path: str, revision: str | None):
 
 def build_artifact(job: dict, cache: Cache, tmp: Path, timings: dict) -> dict:
     """Compile into `tmp` and verify; returns metrics. Raises JobFailed with the reason."""
-    import torch
-
-    from pipeline import tasks, verify
+    from pipeline import verify
     from pipeline.backends import get_backend
 
     spec = job["spec"]
@@ -65,6 +67,23 @@ def build_artifact(job: dict, cache: Cache, tmp: Path, timings: dict) -> dict:
     reason = backend.available()
     if reason:
         raise JobFailed(f"backend unavailable: {reason}")
+    # The verifying process starts now so its imports overlap the compile; it is still a fresh
+    # process that never sees the model's Python code, only the artifact folder.
+    verifier = verify.start_standby(tmp, tmp / "logs" / "verify.log")
+    try:
+        return _build(job, cache, tmp, timings, backend, verifier)
+    finally:
+        if verifier.poll() is None:
+            verifier.kill()
+            verifier.wait()
+
+
+def _build(job: dict, cache: Cache, tmp: Path, timings: dict, backend, verifier) -> dict:
+    import torch
+
+    from pipeline import tasks, verify
+
+    spec = job["spec"]
     task = tasks.TASKS[job["task"]]
     revision = None if job["model"]["local"] else job["model"]["revision"]
     t = time.perf_counter()
@@ -117,12 +136,10 @@ def build_artifact(job: dict, cache: Cache, tmp: Path, timings: dict) -> dict:
     work = tmp / ".verify"
     work.mkdir()
     verify.save_tensors(inputs, work / "inputs.safetensors")
-    with open(tmp / "logs" / "verify.log", "w") as log:
-        proc = subprocess.run([sys.executable, "-m", "pipeline.verify", str(tmp), str(work / "inputs.safetensors"), str(work / "outputs.safetensors")],
-                              stdout=log, stderr=subprocess.STDOUT, env=os.environ.copy())
-    if proc.returncode != 0:
+    verifier.communicate(json.dumps([str(tmp), str(work / "inputs.safetensors"), str(work / "outputs.safetensors")]) + "\n")
+    if verifier.returncode != 0:
         tail = (tmp / "logs" / "verify.log").read_text().strip().splitlines()[-1:] or [""]
-        raise JobFailed(f"compiled artifact failed to load/run in a fresh process (exit {proc.returncode}): {tail[0][:300]}")
+        raise JobFailed(f"compiled artifact failed to load/run in a fresh process (exit {verifier.returncode}): {tail[0][:300]}")
     got = verify.load_tensors(work / "outputs.safetensors")
     shutil.rmtree(work)
     timings["verify_s"] = round(time.perf_counter() - t, 3)
@@ -144,11 +161,11 @@ def build_artifact(job: dict, cache: Cache, tmp: Path, timings: dict) -> dict:
     return metrics
 
 
-def run_job(job: dict) -> dict:
+def run_job(job: dict, warm_start: bool = False) -> dict:
     cache = Cache(job["cache_dir"])
     os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str((cache.root / ".inductor").resolve()))
     key = job["key"]
-    result = {"key": key, "status": "failed", "error": None, "metrics": {}, "timings": {}, "artifact": None}
+    result = {"key": key, "status": "failed", "error": None, "metrics": {}, "timings": {"warm_start": warm_start}, "artifact": None}
     with cache.lock(key):
         folder, why = cache.lookup(key)
         if folder is not None:
@@ -181,9 +198,37 @@ def run_job(job: dict) -> dict:
             shutil.rmtree(tmp, ignore_errors=True)
 
 
+def _standby() -> tuple[str, str] | None:
+    """Import what every job needs, then wait for one job on stdin (None on EOF: not needed)."""
+    import torch  # noqa: F401
+    import torch._inductor  # noqa: F401
+    import torch.export  # noqa: F401
+    import transformers.modeling_utils  # noqa: F401
+
+    from pipeline import tasks, verify  # noqa: F401
+    from pipeline.backends import inductor  # noqa: F401
+
+    line = sys.stdin.readline()
+    if not line.strip():
+        return None
+    job_file, result_file = json.loads(line)
+    log = Path(result_file).with_name("worker.log")  # from here on, output belongs to the job's log
+    fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    os.dup2(fd, 1)
+    os.dup2(fd, 2)
+    os.close(fd)
+    return job_file, result_file
+
+
 def main(argv: list[str]) -> int:
+    warm = argv[0] == "--standby"
+    if warm:
+        handed = _standby()
+        if handed is None:
+            return 0
+        argv = list(handed)
     job = json.loads(Path(argv[0]).read_text())
-    result = run_job(job)
+    result = run_job(job, warm)
     out = Path(argv[1])
     tmp = out.with_name(out.name + ".tmp")
     tmp.write_text(json.dumps(result, indent=1, sort_keys=True))

@@ -50,6 +50,18 @@ def test_smoke_sweep_passes_end_to_end(smoke):
 
 
 @pytest.mark.slow
+def test_later_jobs_start_in_standby_workers_and_none_is_left_behind(smoke):
+    """Each job runs in its own process, but from job 2 on that process was started (and did its
+    imports) while the previous job compiled; every standby started was used, none outlives the run."""
+    jobs = smoke["report"]["jobs"]
+    assert [j["timings"]["warm_start"] for j in jobs] == [False] + [True] * 13
+    run_dir = (smoke["runs"] / "latest").resolve()
+    assert len(list((run_dir / "jobs").glob("standby-*.log"))) == 13
+    assert subprocess.run(["pgrep", "-f", f"pipeline.worker --standby {run_dir}"], capture_output=True).returncode == 1
+    assert subprocess.run(["pgrep", "-f", f"pipeline.verify --standby {smoke['cache'].resolve()}"], capture_output=True).returncode == 1
+
+
+@pytest.mark.slow
 def test_second_identical_run_is_all_cached_and_compiles_nothing(smoke):
     before = {p: p.stat().st_mtime_ns for p in smoke["cache"].glob("??/*/manifest.json")}
     t = time.perf_counter()

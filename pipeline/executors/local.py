@@ -1,7 +1,9 @@
 """Local executor: each job in its own worker process (`python -m pipeline.worker`), at most
 `workers` at once, with a per-job timeout.
 
-Cache hits are answered here without starting a process. One retry for transient faults (the
+Cache hits are answered here without starting a process. While a job compiles, the next job's
+process is already started (`Standby`): it imports torch and transformers and then waits for
+exactly one job, so a job's process does not start cold. One retry for transient faults (the
 worker was killed or timed out); none for deterministic ones (export error, gate failure).
 """
 from __future__ import annotations
@@ -29,15 +31,62 @@ def _row(job: dict, **kw) -> dict:
     return base
 
 
-def run_worker(job: dict, work: Path, timeout_s: float) -> dict:
-    """One attempt in a fresh process; a transient fault comes back as status 'transient'."""
+class Standby:
+    """Worker processes started ahead of need (`python -m pipeline.worker --standby`), each for
+    one job. `take()` hands out a ready one (or None) and starts its replacement while jobs are
+    still to come; `close()` ends the unused ones (EOF on stdin, then kill)."""
+
+    def __init__(self, size: int, run_dir: Path, env: dict):
+        self.size, self.run_dir, self.env = size, run_dir, env
+        self.ready: list[subprocess.Popen] = []
+        self.lock = threading.Lock()
+
+    def _start(self) -> subprocess.Popen:
+        logs = self.run_dir / "jobs"
+        logs.mkdir(parents=True, exist_ok=True)
+        with open(logs / f"standby-{len(os.listdir(logs))}.log", "ab") as log:
+            return subprocess.Popen([sys.executable, "-m", "pipeline.worker", "--standby", str(self.run_dir)], stdin=subprocess.PIPE,
+                                    stdout=log, stderr=subprocess.STDOUT, start_new_session=True, env=self.env)
+
+    def take(self, more_to_come: bool) -> subprocess.Popen | None:
+        with self.lock:
+            live = [p for p in self.ready if p.poll() is None]
+            proc = live.pop(0) if live else None
+            self.ready = live
+            while more_to_come and len(self.ready) < self.size:
+                self.ready.append(self._start())
+            return proc
+
+    def close(self) -> None:
+        with self.lock:
+            for proc in self.ready:
+                try:
+                    proc.stdin.close()
+                    proc.wait(timeout=5)
+                except (OSError, subprocess.TimeoutExpired):
+                    os.killpg(proc.pid, signal.SIGKILL)
+                    proc.wait()
+            self.ready = []
+
+
+def run_worker(job: dict, work: Path, timeout_s: float, standby: subprocess.Popen | None = None) -> dict:
+    """One attempt in a fresh process (a standby one when given); a transient fault comes back
+    as status 'transient'."""
     work.mkdir(parents=True, exist_ok=True)
     job_file, result_file, log_file = work / "job.json", work / "result.json", work / "worker.log"
     job_file.write_text(json.dumps(job))
     result_file.unlink(missing_ok=True)
     with open(log_file, "ab") as log:
-        proc = subprocess.Popen([sys.executable, "-m", "pipeline.worker", str(job_file), str(result_file)],
-                                stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        proc = standby
+        if proc is not None:
+            try:
+                proc.stdin.write(json.dumps([str(job_file), str(result_file)]).encode() + b"\n")
+                proc.stdin.close()
+            except OSError:  # it died while waiting: start this job cold
+                proc = None
+        if proc is None:
+            proc = subprocess.Popen([sys.executable, "-m", "pipeline.worker", str(job_file), str(result_file)],
+                                    stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         try:
             proc.wait(timeout=timeout_s)
         except subprocess.TimeoutExpired:
@@ -55,6 +104,9 @@ def execute(jobs: list[dict], cfg: dict, run_dir: Path, on_start: Callable, on_d
     cache = Cache(cfg["cache"]["dir"])
     stop = threading.Event()
     rows: list[dict | None] = [None] * len(jobs)
+    workers = int(cfg["executor"]["workers"])
+    env = dict(os.environ, TORCHINDUCTOR_CACHE_DIR=os.environ.get("TORCHINDUCTOR_CACHE_DIR", str((cache.root / ".inductor").resolve())))
+    standby = Standby(workers, run_dir, env)
 
     def one(i: int, job: dict) -> None:
         if stop.is_set():
@@ -86,7 +138,8 @@ def execute(jobs: list[dict], cfg: dict, run_dir: Path, on_start: Callable, on_d
         payload = dict(job, cache_dir=str(cache.root.resolve()))
         start = time.perf_counter()
         for attempt in (1, 2):
-            result = run_worker(payload, run_dir / "jobs" / job["key"][:12], job["timeout_s"])
+            more = i + 1 < len(jobs) and not stop.is_set()  # later jobs may need a process: start one now
+            result = run_worker(payload, run_dir / "jobs" / job["key"][:12], job["timeout_s"], standby.take(more))
             if result["status"] != "transient":
                 break
         status = "failed" if result["status"] == "transient" else result["status"]
@@ -100,8 +153,10 @@ def execute(jobs: list[dict], cfg: dict, run_dir: Path, on_start: Callable, on_d
             stop.set()
         on_done(i, rows[i])
 
-    workers = int(cfg["executor"]["workers"])
-    with ThreadPoolExecutor(max_workers=workers) as pool:
-        for future in [pool.submit(one, i, job) for i, job in enumerate(jobs)]:
-            future.result()
+    try:
+        with ThreadPoolExecutor(max_workers=workers) as pool:
+            for future in [pool.submit(one, i, job) for i, job in enumerate(jobs)]:
+                future.result()
+    finally:
+        standby.close()
     return rows  # type: ignore[return-value]
