@@ -92,6 +92,7 @@ class ReportConfig:
 class ExecutorConfig:
     name: str = "local"  # local process pool
     workers: int = 1  # parallel compiles; compiles are CPU-bound, so 1 is right on small machines
+    standby: bool = True  # start the next job's process (imports) while a job compiles; ~250 MB RSS each
 
 
 @dataclass

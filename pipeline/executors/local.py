@@ -106,7 +106,7 @@ def execute(jobs: list[dict], cfg: dict, run_dir: Path, on_start: Callable, on_d
     rows: list[dict | None] = [None] * len(jobs)
     workers = int(cfg["executor"]["workers"])
     env = dict(os.environ, TORCHINDUCTOR_CACHE_DIR=os.environ.get("TORCHINDUCTOR_CACHE_DIR", str((cache.root / ".inductor").resolve())))
-    standby = Standby(workers, run_dir, env)
+    standby = Standby(workers if cfg["executor"].get("standby", True) else 0, run_dir, env)
 
     def one(i: int, job: dict) -> None:
         if stop.is_set():
