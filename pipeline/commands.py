@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import json
-import os
 import sys
 from pathlib import Path
 
@@ -59,6 +58,14 @@ def _plan_or_exit(resolved) -> list[dict]:
         raise SystemExit(2)
 
 
+def print_advice(cfg: dict, jobs: list[dict]) -> None:
+    """The backend's notes for the planned cast types (e.g. bf16 emulated on this CPU)."""
+    from pipeline.backends import get_backend
+
+    for line in get_backend(cfg["backend"]["name"], cfg["backend"]).advice({j["cast_type"] for j in jobs}):
+        console.print(f"[yellow]note[/]: {escape(line)}", soft_wrap=True)
+
+
 def plan_mode(resolved) -> int:
     from pipeline.cache import Cache
     from pipeline.plan import write_plan
@@ -84,6 +91,7 @@ def plan_mode(resolved) -> int:
         table.caption = f"first {shown} of {len(jobs)} jobs; every job is in plan.json"
     console.print(table)
     console.print(", ".join(f"{v} {k}" for k, v in sorted(counts.items())) or "nothing to do")
+    print_advice(resolved.cfg, jobs)
     run_dir = new_run_dir(resolved.cfg["report"]["dir"])
     write_plan(jobs, run_dir / "plan.json")
     console.print(f"plan written to {run_dir / 'plan.json'}")

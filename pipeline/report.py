@@ -40,8 +40,9 @@ def _metric_brief(row: dict) -> str:
     return "; ".join(parts)
 
 
-def environment(cfg: dict) -> dict:
-    """Where this run verified its artifacts: the backend, whether it can run here, the platform."""
+def environment(cfg: dict, cast_types: set[str] = frozenset()) -> dict:
+    """Where this run verified its artifacts: the backend, whether it can run here, the platform,
+    and the backend's advice for the run's cast types."""
     import platform
 
     from pipeline.backends import get_backend
@@ -49,14 +50,15 @@ def environment(cfg: dict) -> dict:
     backend = get_backend(cfg["backend"]["name"], cfg["backend"])
     reason = backend.available()
     return {"backend": backend.name, "backend_available": reason is None, "unavailable_reason": reason,
-            "platform": backend.toolchain().get("platform"), "host": platform.node(), "python": platform.python_version()}
+            "platform": backend.toolchain().get("platform"), "host": platform.node(), "python": platform.python_version(),
+            "advice": backend.advice(set(cast_types))}
 
 
 def write_reports(run_dir: Path, run_id: str, cfg: dict, rows: list[dict]) -> dict:
     import json
     from xml.sax.saxutils import escape, quoteattr
 
-    env = environment(cfg)
+    env = environment(cfg, {r["cast_type"] for r in rows})
     report = {"run_id": run_id, "config": cfg, "environment": env, "jobs": rows, "summary": summary(rows)}
     (run_dir / "report.json").write_text(json.dumps(report, indent=1, sort_keys=True, default=str))
 
@@ -65,6 +67,7 @@ def write_reports(run_dir: Path, run_id: str, cfg: dict, rows: list[dict]) -> di
           f"{s['jobs']} jobs: " + ", ".join(f"{s.get(k, 0)} {k}" for k in ("passed", "cached", "failed", "failed-to-publish", "skipped") if s.get(k)), "",
           (f"Backend `{env['backend']}` ran and verified here ({env['host']}, {json.dumps(env['platform'])})." if env["backend_available"]
            else f"Backend `{env['backend']}` is NOT available here ({env['unavailable_reason']}): nothing was compiled or verified."), "",
+          *[f"> note: {line}\n" for line in env["advice"]],
           "| model | task | batch | seq | cast | backend | key | status | metrics / error |", "|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         detail = (r.get("error") or _metric_brief(r)).replace("|", "\\|").replace("\n", " ")

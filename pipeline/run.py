@@ -8,7 +8,7 @@ from rich.live import Live
 from rich.table import Table
 
 from pipeline import keys
-from pipeline.commands import console
+from pipeline.commands import console, print_advice
 from pipeline.plan import describe, write_plan
 from pipeline.report import STATUS_STYLE, new_run_dir, summary_table, write_reports
 
@@ -64,6 +64,7 @@ def run(resolved, jobs: list[dict]) -> int:
     cfg = resolved.cfg
     run_dir = new_run_dir(cfg["report"]["dir"])
     write_plan(jobs, run_dir / "plan.json")
+    print_advice(cfg, jobs)
     progress = Progress(jobs)
     if progress.live is not None:
         with progress.live:

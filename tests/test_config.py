@@ -412,6 +412,33 @@ def test_plan_order_is_stable(tiny_models, cli, workspace):
         ("tiny-bert", 1, "fp32"), ("tiny-bert", 1, "bf16"), ("tiny-bert", 2, "fp32"), ("tiny-bert", 2, "bf16")]
 
 
+def test_plan_notes_a_cast_type_this_cpu_only_emulates(cli):
+    """The smoke plan has bf16 jobs: the note is printed exactly when this CPU lacks native bf16."""
+    from pipeline.backends import inductor
+
+    proc = result(cli, "plan-a")
+    native_bf16 = bool(inductor.cpu_flags() & {"avx512_bf16", "amx_bf16"})
+    assert ("note: cast_type bf16: this CPU has neither avx512_bf16 nor amx_bf16" in proc.stdout) == (not native_bf16), proc.stdout
+    assert "cast_type fp32" not in proc.stdout
+
+
+def test_advice_follows_the_cpu_flags_and_device(monkeypatch):
+    """The CPU's flags are a hardware fact a test cannot change, so they are replaced here."""
+    from pipeline.backends import get_backend, inductor
+
+    backend = get_backend("inductor", {"name": "inductor", "device": "cpu", "inductor_configs": {}})
+    monkeypatch.setattr(inductor, "cpu_flags", lambda: frozenset({"avx512f", "avx512_bf16"}))
+    (note,) = backend.advice({"fp32", "bf16", "fp16", "int8"})
+    assert note.startswith("cast_type fp16: this CPU has neither avx512_fp16 nor amx_fp16")
+    monkeypatch.setattr(inductor, "cpu_flags", lambda: frozenset({"avx512f"}))
+    assert [n.split(":")[0] for n in backend.advice({"bf16", "fp16"})] == ["cast_type bf16", "cast_type fp16"]
+    monkeypatch.setattr(inductor, "cpu_flags", lambda: frozenset())  # no /proc/cpuinfo: nothing known, nothing said
+    assert backend.advice({"bf16"}) == []
+    cuda = get_backend("inductor", {"name": "inductor", "device": "cuda", "inductor_configs": {}})
+    assert cuda.advice({"bf16", "fp16"}) == []
+    assert get_backend("neuron", {"name": "neuron"}).advice({"bf16"}) == []
+
+
 @pytest.mark.parametrize("n", [1, 2, 3, 5])
 def test_shards_partition_the_plan(n, tiny_models):
     full = [j["key"] for j in plan_of("+sweep=smoke")]

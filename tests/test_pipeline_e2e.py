@@ -47,6 +47,13 @@ def test_smoke_sweep_passes_end_to_end(smoke):
     run_dir = smoke["runs"] / "latest"
     assert {"plan.json", "report.json", "report.md", "junit.xml"} <= {p.name for p in run_dir.iterdir()}
     assert 'tests="14" failures="0"' in (run_dir / "junit.xml").read_text()
+    # bf16 on a CPU that only emulates it: said in the console, report.json and report.md
+    from pipeline.backends import inductor
+
+    emulated = not inductor.cpu_flags() & {"avx512_bf16", "amx_bf16"}
+    assert any(a.startswith("cast_type bf16") for a in report["environment"]["advice"]) == emulated
+    assert ("note: cast_type bf16" in smoke["stdout"]) == emulated
+    assert ("> note: cast_type bf16" in (run_dir / "report.md").read_text()) == emulated
 
 
 @pytest.mark.slow

@@ -38,6 +38,11 @@ class Backend:
         """Backend-specific problems with one job's fields (task, shapes, cast_type, ...)."""
         return []
 
+    def advice(self, cast_types: set[str]) -> list[str]:
+        """Not errors: what a user should know before compiling these cast types here (e.g. a
+        cast type this machine can only emulate). Shown by plan and run, kept in the report."""
+        return []
+
     def compile(self, model: Any, example_inputs: dict[str, Any], spec: dict[str, Any], workdir: Path) -> dict[str, Any]:
         """Compile `model` for `example_inputs` and write the artifact files into `workdir`.
 

@@ -32,14 +32,25 @@ class Options:
 
 
 @functools.cache
-def cpu_capability() -> str:
-    """The vector ISA Inductor generates code for (what torch.backends.cpu reports), read from
-    /proc/cpuinfo so that planning does not import torch."""
+def cpu_flags() -> frozenset[str]:
+    """The CPU's feature flags from /proc/cpuinfo (empty where there is none), so that planning
+    does not import torch."""
     try:
-        flags = next((line.split(":", 1)[1].split() for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("flags")), [])
+        return frozenset(next((line.split(":", 1)[1].split() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                               if line.startswith("flags")), []))
     except OSError:
-        flags = []
-    if {"avx512f", "avx512bw", "avx512vl", "avx512dq"} <= set(flags):
+        return frozenset()
+
+
+# CPU features that do bf16 / fp16 math natively; without them oneDNN and Inductor emulate it.
+NATIVE_LOW_PRECISION = {"bf16": ("avx512_bf16", "amx_bf16"), "fp16": ("avx512_fp16", "amx_fp16")}
+
+
+@functools.cache
+def cpu_capability() -> str:
+    """The vector ISA Inductor generates code for (what torch.backends.cpu reports)."""
+    flags = cpu_flags()
+    if {"avx512f", "avx512bw", "avx512vl", "avx512dq"} <= flags:
         return "AVX512"
     if "avx2" in flags:
         return "AVX2"
@@ -92,6 +103,14 @@ class InductorBackend(Backend):
                 "gpu_arch": gpu_arch() if device == "cuda" else None,
             },
         }
+
+    def advice(self, cast_types: set[str]) -> list[str]:
+        flags = cpu_flags()
+        if self.options.get("device", "cpu") != "cpu" or not flags:  # no /proc/cpuinfo: nothing known
+            return []
+        return [f"cast_type {cast}: this CPU has neither {' nor '.join(NATIVE_LOW_PRECISION[cast])}, so {cast} math is emulated "
+                f"and its artifacts will likely run slower than fp32 (bench/results/latency.md measured bf16 at 0.4x fp32 on such a CPU)"
+                for cast in sorted(cast_types & set(NATIVE_LOW_PRECISION)) if not flags & set(NATIVE_LOW_PRECISION[cast])]
 
     def validate(self, job: dict[str, Any]) -> list[str]:
         errors = []
