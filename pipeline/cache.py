@@ -66,6 +66,12 @@ class Cache:
     def __init__(self, root: str | Path):
         self.root = Path(root)
 
+    def use_for_inductor(self) -> str:
+        """Point Inductor's own cache (TORCHINDUCTOR_CACHE_DIR) under this cache unless the user
+        chose one, for this process and the processes it starts. Call it before importing
+        torch._inductor: that import fixes the variable to Inductor's default."""
+        return os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str((self.root / ".inductor").resolve()))
+
     def entry_dir(self, key: str) -> Path:
         return self.root / key[:2] / key
 

@@ -17,6 +17,7 @@ import shutil
 from pathlib import Path
 from typing import Any, ClassVar
 
+from pipeline.cache import Cache
 from pipeline.tasks import TASKS, get_mandatory_axes_for_task  # noqa: F401  (re-exported helper)
 
 DEFAULT_CACHE = "artifacts/cache"
@@ -35,7 +36,6 @@ def _resolve_folder(path_or_repo: str, revision: str | None, cache_dir: Path, to
     p = Path(path_or_repo).expanduser()
     if p.is_dir():
         return p
-    from pipeline.cache import Cache
 
     cache = Cache(cache_dir)
     found = cache.find_prefix(path_or_repo) if all(c in "0123456789abcdef" for c in path_or_repo.lower()) else []
@@ -84,7 +84,7 @@ class CompiledModel:
                         num_cores: int | None = None, dynamic_batch_size: bool = False,
                         backend_options: dict | None = None, **input_shapes: int) -> "CompiledModel":
         cache_dir = Path(cache_dir) if cache_dir else default_cache_dir()
-        os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str((cache_dir / ".inductor").resolve()))
+        Cache(cache_dir).use_for_inductor()
         if export:
             folder = cls._export(model_id_or_path, revision, cache_dir, backend or cls.default_backend, auto_cast,
                                  auto_cast_type, num_cores, dynamic_batch_size, backend_options or {}, input_shapes)
@@ -125,7 +125,6 @@ class CompiledModel:
         import tempfile
 
         from pipeline.backends import get_backend
-        from pipeline.cache import Cache
         from pipeline.config import VerifyConfig, check_model_id
         from pipeline.executors.local import run_worker
         from pipeline.keys import canonical_cast_type

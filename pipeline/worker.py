@@ -163,7 +163,7 @@ def _build(job: dict, cache: Cache, tmp: Path, timings: dict, backend, verifier)
 
 def run_job(job: dict, warm_start: bool = False) -> dict:
     cache = Cache(job["cache_dir"])
-    os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str((cache.root / ".inductor").resolve()))
+    cache.use_for_inductor()
     key = job["key"]
     result = {"key": key, "status": "failed", "error": None, "metrics": {}, "timings": {"warm_start": warm_start}, "artifact": None}
     with cache.lock(key):
@@ -212,11 +212,7 @@ def _standby() -> tuple[str, str] | None:
     if not line.strip():
         return None
     job_file, result_file = json.loads(line)
-    log = Path(result_file).with_name("worker.log")  # from here on, output belongs to the job's log
-    fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
-    os.dup2(fd, 1)
-    os.dup2(fd, 2)
-    os.close(fd)
+    _redirect_output(Path(result_file).with_name("worker.log"))  # from here on, output belongs to the job's log
     return job_file, result_file
 
 

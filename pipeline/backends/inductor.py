@@ -29,8 +29,6 @@ class Options:
     inductor_configs: Dict[str, Any] = field(default_factory=lambda: {"freezing": True})
 
 
-
-
 @functools.cache
 def cpu_flags() -> frozenset[str]:
     """The CPU's feature flags from /proc/cpuinfo (empty where there is none), so that planning

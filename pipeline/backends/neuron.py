@@ -263,9 +263,6 @@ def neuron_config_section(spec: dict[str, Any], compiler_version: str, *,
 
 # ---------------------------------------------------------------- environment facts
 
-_version = package_version  # one helper for toolchain versions (pipeline.keys)
-
-
 def _has_module(name: str) -> bool:
     try:
         return importlib.util.find_spec(name) is not None
@@ -375,9 +372,9 @@ class NeuronBackend(Backend):
         return _missing_reason(missing_sdk(task, self.opts.decoder_engine))
 
     def toolchain(self) -> dict[str, Any]:
-        tc = {dist: _version(dist) for dist in SDK_DISTRIBUTIONS}
+        tc = {dist: package_version(dist) for dist in SDK_DISTRIBUTIONS}
         if self.opts.decoder_engine == "transformers-neuronx":
-            tc["transformers-neuronx"] = _version("transformers-neuronx")
+            tc["transformers-neuronx"] = package_version("transformers-neuronx")
         tc["target"] = target_generation(self.opts.target) if self.opts.target in TARGET_GENERATION else self.opts.target
         return tc
 
@@ -497,7 +494,7 @@ class NeuronBackend(Backend):
         problems = self.validate(spec)
         if problems:
             raise ValueError("neuron job is not valid: " + "; ".join(problems))
-        compiler_version = _version("neuronx-cc")
+        compiler_version = package_version("neuronx-cc")
         if is_decoder(task):
             if opts.decoder_engine == "transformers-neuronx":
                 model_type = self._compile_tnx(model, spec, opts, workdir)

@@ -36,8 +36,8 @@ class Standby:
     one job. `take()` hands out a ready one (or None) and starts its replacement while jobs are
     still to come; `close()` ends the unused ones (EOF on stdin, then kill)."""
 
-    def __init__(self, size: int, run_dir: Path, env: dict):
-        self.size, self.run_dir, self.env = size, run_dir, env
+    def __init__(self, size: int, run_dir: Path):
+        self.size, self.run_dir = size, run_dir
         self.ready: list[subprocess.Popen] = []
         self.lock = threading.Lock()
 
@@ -46,7 +46,7 @@ class Standby:
         logs.mkdir(parents=True, exist_ok=True)
         with open(logs / f"standby-{len(os.listdir(logs))}.log", "ab") as log:
             return subprocess.Popen([sys.executable, "-m", "pipeline.worker", "--standby", str(self.run_dir)], stdin=subprocess.PIPE,
-                                    stdout=log, stderr=subprocess.STDOUT, start_new_session=True, env=self.env)
+                                    stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
 
     def take(self, more_to_come: bool) -> subprocess.Popen | None:
         with self.lock:
@@ -105,8 +105,8 @@ def execute(jobs: list[dict], cfg: dict, run_dir: Path, on_start: Callable, on_d
     stop = threading.Event()
     rows: list[dict | None] = [None] * len(jobs)
     workers = int(cfg["executor"]["workers"])
-    env = dict(os.environ, TORCHINDUCTOR_CACHE_DIR=os.environ.get("TORCHINDUCTOR_CACHE_DIR", str((cache.root / ".inductor").resolve())))
-    standby = Standby(workers if cfg["executor"].get("standby", True) else 0, run_dir, env)
+    cache.use_for_inductor()  # inherited by every worker, standby ones included (they import torch._inductor early)
+    standby = Standby(workers if cfg["executor"].get("standby", True) else 0, run_dir)
 
     def one(i: int, job: dict) -> None:
         if stop.is_set():
