@@ -5,7 +5,7 @@
 A tiny-ish random Llama is saved once; each batch size is compiled in its own process;
 each (variant, batch) is measured in a fresh process (no compile pools, no warm caches from
 another variant). Both variants run a full generate(): transformers' model.generate() for
-eager (dynamic cache), pipeline.decoder.generate() for compiled. The decode step is timed
+eager (dynamic cache), pipeline.generation.generate() for compiled. The decode step is timed
 by difference: T(1 + N new tokens) - T(1 new token) = N decode steps, so prefill and the
 per-call setup cancel out. Medians over --repeats. CPU timings are noisy on a shared
 machine: the load average is printed with the table.
@@ -41,7 +41,7 @@ def _build(args: argparse.Namespace, model_dir: Path) -> None:
 def _compile(args: argparse.Namespace) -> None:
     from transformers import AutoModelForCausalLM
 
-    from pipeline.decoder import export_decoder
+    from pipeline.backends.inductor.decoder import export_decoder
 
     model = AutoModelForCausalLM.from_pretrained(args.model_dir)
     meta = export_decoder(model, args.batch, args.sequence_length, "fp32", Path(args.artifact))
@@ -67,7 +67,8 @@ def _measure(args: argparse.Namespace) -> None:
             with torch.no_grad():
                 return model.generate(prompt, attention_mask=mask, do_sample=False, max_new_tokens=new, min_new_tokens=new)
     else:
-        from pipeline.decoder import generate, load_decoder
+        from pipeline.backends.inductor.decoder import load_decoder
+        from pipeline.generation import generate
 
         runner = load_decoder(args.artifact)
 

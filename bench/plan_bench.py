@@ -79,8 +79,8 @@ def main() -> int:
     from hydra import compose, initialize_config_dir
     from omegaconf import OmegaConf
 
-    from pipeline import models as models_mod
-    from pipeline.config import validate
+    from pipeline import model_entries as models_mod
+    from pipeline.validate import validate
     from pipeline.plan import plan
 
     t_compose = time.perf_counter()
@@ -96,6 +96,7 @@ def main() -> int:
     jobs_warm = plan(resolved)  # warm: content hashes memoised
     t_warm = time.perf_counter()
     models_mod._resolved.clear()
+    models_mod._hashed.clear()
     assert len(jobs) == len(jobs_warm) == expected, (len(jobs), expected)
     assert len({j["key"] for j in jobs}) == expected
     heavy = sorted(m for m in sys.modules if m.split(".")[0] in ("torch", "transformers"))

@@ -1,17 +1,17 @@
 """`python -m pipeline [+sweep=NAME] [mode=run|plan|validate|explain|gc] [overrides...]`
 
-Exit codes: 0 all good, 1 some job failed, 2 bad config or usage.
+Exit codes: 0 all good, 1 some job failed, 2 bad config or usage (see README's CLI contract).
 """
 from __future__ import annotations
 
 import sys
 
 import hydra
+from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
-from pipeline.config import register_configs
+from pipeline.cli import modes
 
-register_configs()
 _entered = False
 
 
@@ -19,12 +19,8 @@ _entered = False
 def main(cfg: DictConfig) -> None:
     global _entered
     _entered = True
-    from pipeline import commands
-
-    from hydra.core.hydra_config import HydraConfig
-
     choice = HydraConfig.get().runtime.choices.get("model")
-    code = commands.dispatch(OmegaConf.to_container(cfg, resolve=True), choice)
+    code = modes.dispatch(OmegaConf.to_container(cfg, resolve=True), choice)
     if code:
         sys.exit(code)
 

@@ -35,14 +35,27 @@ def sha256_file(path: Path) -> str:
     return h.hexdigest()
 
 
+def is_artifact_file(rel: str, logs: bool = True, manifest: bool = False) -> bool:
+    """Whether a relative path belongs to an artifact: never dot files or folders (work dirs,
+    `.last_used`), logs/ only when asked, manifest.json only when asked. The one filter."""
+    parts = rel.split("/")
+    if any(part.startswith(".") for part in parts):
+        return False
+    if rel == MANIFEST:
+        return manifest
+    return logs or parts[0] != "logs"
+
+
+def artifact_files(folder: Path, logs: bool = True, manifest: bool = False) -> dict[str, Path]:
+    """relative path -> path of the files of an artifact folder (see `is_artifact_file`)."""
+    folder = Path(folder)
+    return {rel: p for p in sorted(folder.rglob("*"))
+            if p.is_file() and is_artifact_file(rel := p.relative_to(folder).as_posix(), logs, manifest)}
+
+
 def file_table(folder: Path) -> dict[str, dict[str, Any]]:
-    """relative path -> {sha256, size} for every file of a folder but the manifest and dot files."""
-    out = {}
-    for p in sorted(folder.rglob("*")):
-        rel = p.relative_to(folder).as_posix()
-        if p.is_file() and rel != MANIFEST and not any(part.startswith(".") for part in rel.split("/")):
-            out[rel] = {"sha256": sha256_file(p), "size": p.stat().st_size}
-    return out
+    """relative path -> {sha256, size} for every file of an entry but the manifest (logs included)."""
+    return {rel: {"sha256": sha256_file(p), "size": p.stat().st_size} for rel, p in artifact_files(folder).items()}
 
 
 def check_integrity(folder: Path, manifest: dict) -> str | None:
@@ -66,11 +79,13 @@ class Cache:
     def __init__(self, root: str | Path):
         self.root = Path(root)
 
-    def use_for_inductor(self) -> str:
-        """Point Inductor's own cache (TORCHINDUCTOR_CACHE_DIR) under this cache unless the user
-        chose one, for this process and the processes it starts. Call it before importing
-        torch._inductor: that import fixes the variable to Inductor's default."""
-        return os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str((self.root / ".inductor").resolve()))
+    def inductor_env(self, env: dict | None = None) -> dict:
+        """The environment for a process that compiles into this cache: Inductor's own cache
+        (TORCHINDUCTOR_CACHE_DIR) under it unless the user chose one. Given to the worker
+        processes; the calling process's own environment is left as it is."""
+        env = dict(os.environ if env is None else env)
+        env.setdefault("TORCHINDUCTOR_CACHE_DIR", str((self.root / ".inductor").resolve()))
+        return env
 
     def entry_dir(self, key: str) -> Path:
         return self.root / key[:2] / key

@@ -11,13 +11,22 @@ compiles + verifies through the same worker when nothing is found.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
 from pathlib import Path
 from typing import Any, ClassVar
 
-from pipeline.cache import Cache
+from pipeline import generation
+from pipeline.backends import get_backend
+from pipeline.cache import Cache, artifact_files
+from pipeline.config import VerifyConfig
+from pipeline.hub import push_folder
+from pipeline.keys import canonical_cast_type
+from pipeline.model_entries import check_model_id, entry_from, validation_job
+from pipeline.obtain import ObtainError, obtain
+from pipeline.plan import make_job
 from pipeline.tasks import TASKS, get_mandatory_axes_for_task  # noqa: F401  (re-exported helper)
 
 DEFAULT_CACHE = "artifacts/cache"
@@ -84,7 +93,6 @@ class CompiledModel:
                         num_cores: int | None = None, dynamic_batch_size: bool = False,
                         backend_options: dict | None = None, **input_shapes: int) -> "CompiledModel":
         cache_dir = Path(cache_dir) if cache_dir else default_cache_dir()
-        Cache(cache_dir).use_for_inductor()
         if export:
             folder = cls._export(model_id_or_path, revision, cache_dir, backend or cls.default_backend, auto_cast,
                                  auto_cast_type, num_cores, dynamic_batch_size, backend_options or {}, input_shapes)
@@ -99,8 +107,6 @@ class CompiledModel:
 
     @classmethod
     def _load(cls, folder: Path, allow_unverified: bool) -> "CompiledModel":
-        from pipeline.backends import get_backend
-
         config_path = folder / "config.json"
         if not config_path.is_file():
             raise FileNotFoundError(f"{folder}: no config.json; is this a compiled artifact?")
@@ -122,16 +128,6 @@ class CompiledModel:
     @classmethod
     def _export(cls, model_id, revision, cache_dir, backend_name, auto_cast, auto_cast_type, num_cores,
                 dynamic_batch_size, backend_options, input_shapes) -> Path:
-        import tempfile
-
-        from pipeline.backends import get_backend
-        from pipeline.config import VerifyConfig, check_model_id
-        from pipeline.executors.local import run_worker
-        from pipeline.keys import canonical_cast_type
-        from pipeline.models import entry_from, validation_job
-        from pipeline.plan import make_job
-        import dataclasses
-
         axes = get_mandatory_axes_for_task(cls.task)
         missing = [a for a in axes if a not in input_shapes and not (TASKS[cls.task].decoder and a == "sequence_length")]
         if missing:
@@ -153,22 +149,21 @@ class CompiledModel:
             options["num_cores"] = num_cores
         backend = get_backend(backend_name, options)
         verify_cfg = dataclasses.asdict(VerifyConfig())
-        job = make_job(info, dict(input_shapes), auto_cast_type, auto_cast, dynamic_batch_size, backend, verify_cfg, 7200)
+        input_shapes = dict(input_shapes)
+        if TASKS[cls.task].decoder and input_shapes.get("sequence_length") is None:
+            if info.max_positions is None:
+                raise TypeError(f"{model_id}: config.json names no max_position_embeddings; pass sequence_length "
+                                "(prompt + generated tokens) for export=True")
+            input_shapes["sequence_length"] = info.max_positions  # the README's promise: the model's maximum
+        job = make_job(info, input_shapes, auto_cast_type, auto_cast, dynamic_batch_size, backend, verify_cfg, 7200)
         problems = backend.validate(validation_job(info, job["shapes"], job["cast_type"], auto_cast, dynamic_batch_size))
         if problems:
             raise ValueError("; ".join(problems))
-        cache = Cache(cache_dir)
-        folder, _ = cache.lookup(job["key"])
-        if folder is not None:
-            return folder
-        folder = _from_shared_cache(job, cache)
-        if folder is not None:
-            return folder
-        with tempfile.TemporaryDirectory(prefix="pipeline-export-") as work:
-            result = run_worker(dict(job, cache_dir=str(cache.root.resolve())), Path(work), job["timeout_s"])
-        if result["status"] not in ("passed", "cached"):
-            raise RuntimeError(f"compiling {model_id} ({cls.task}, {job['cast_type']}, {job['shapes']}) failed: {result.get('error')}")
-        return Path(result["artifact"])
+        try:  # local cache -> shared cache (PIPELINE_CACHE_REPO) -> compile + verify, re-gated like a run
+            folder, _ = obtain(job, Cache(cache_dir))
+        except ObtainError as e:
+            raise RuntimeError(f"{model_id} ({cls.task}, {job['cast_type']}, {job['shapes']}): {e}") from None
+        return folder
 
     # ------------------------------------------------------------------ running
     def _pad(self, name: str, t, batch: int, seq: int):
@@ -250,30 +245,15 @@ class CompiledModel:
         that reloads anywhere with from_pretrained(save_directory)."""
         dest = Path(save_directory)
         dest.mkdir(parents=True, exist_ok=True)
-        for src in self.folder.rglob("*"):
-            rel = src.relative_to(self.folder)
-            if src.is_file() and not any(part.startswith(".") for part in rel.parts):
-                (dest / rel).parent.mkdir(parents=True, exist_ok=True)
-                shutil.copy2(src, dest / rel)
+        for rel, src in artifact_files(self.folder, manifest=True).items():
+            (dest / rel).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(src, dest / rel)
         return dest
 
     def push_to_hub(self, repo_id: str, revision: str | None = None, token: str | None = None, commit_message: str | None = None):
         """Upload the artifact as one atomic commit (through the publisher's code path)."""
-        from pipeline.publish import push_folder
-
         return push_folder(self.folder, repo_id, revision=revision, token=token,
                            commit_message=commit_message or f"Upload compiled {self.task} model")
-
-
-def _from_shared_cache(job: dict, cache) -> Path | None:
-    """The shared Hub cache, when PIPELINE_CACHE_REPO names one."""
-    repo = os.environ.get("PIPELINE_CACHE_REPO")
-    if not repo:
-        return None
-    from pipeline.publish import fetch_from_shared_cache
-
-    folder, _ = fetch_from_shared_cache(job["key"], job["spec"], cache, {"cache_repo": repo, "endpoint": os.environ.get("HF_ENDPOINT")})
-    return folder
 
 
 class CompiledModelForFeatureExtraction(CompiledModel):
@@ -307,12 +287,15 @@ class CompiledModelForCausalLM(CompiledModel):
         import torch
         import transformers.modeling_outputs as mo
 
-        ids = torch.as_tensor(input_ids)
+        ids = torch.as_tensor(input_ids, dtype=torch.long)
         ids = ids[None] if ids.dim() == 1 else ids
         if attention_mask is not None and not bool(torch.as_tensor(attention_mask).bool().all()):
-            raise ValueError("padded prompts are not supported by the static-cache graph: pass equal-length prompts")
+            raise generation.PaddingNotSupported("padded prompts are not supported by the static-cache graph: pass equal-length prompts")
+        if ids.shape[0] != self.runner.batch_size or not 1 <= ids.shape[1] <= self.runner.sequence_length:
+            raise generation.StaticShapeError(f"input_ids of shape {tuple(ids.shape)} do not fit the compiled batch_size "
+                                              f"{self.runner.batch_size} and sequence_length {self.runner.sequence_length}")
         with torch.no_grad():
-            logits = self.runner(ids, torch.arange(ids.shape[1])).float()
+            logits = self.runner.forward(ids.contiguous(), torch.arange(ids.shape[1])).float()
         out = mo.CausalLMOutput(logits=logits)
         return out if return_dict else out.to_tuple()
 
@@ -321,9 +304,7 @@ class CompiledModelForCausalLM(CompiledModel):
     def generate(self, input_ids, attention_mask=None, generation_config=None, **kwargs):
         """Like transformers' generate(): greedy or sampling; defaults from the artifact's
         generation_config.json, call arguments take precedence."""
-        from pipeline import decoder
-
-        return decoder.generate(self.runner, input_ids, attention_mask=attention_mask, generation_config=generation_config, **kwargs)
+        return generation.generate(self.runner, input_ids, attention_mask=attention_mask, generation_config=generation_config, **kwargs)
 
     def can_generate(self) -> bool:
         return True

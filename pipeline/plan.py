@@ -7,12 +7,28 @@ from __future__ import annotations
 import copy
 import itertools
 import json
+import re
 from pathlib import Path
 from typing import Any, Iterator
 
 from pipeline import keys
-from pipeline.config import Resolved, parse_shard
+from pipeline.backends import get_backend
 from pipeline.tasks import TASKS
+
+SHARD = re.compile(r"^\s*(\d+)\s*/\s*(\d+)\s*$")
+
+
+def parse_shard(spec: str | None) -> tuple[int, int] | None:
+    """'i/N' (1-based) -> (i, N); raises ValueError with the reason when malformed."""
+    if spec is None:
+        return None
+    m = SHARD.match(str(spec))
+    if not m:
+        raise ValueError(f"{spec!r} is not of the form i/N")
+    i, n = int(m.group(1)), int(m.group(2))
+    if n < 1 or not 1 <= i <= n:
+        raise ValueError(f"{spec!r}: need 1 <= i <= N")
+    return i, n
 
 
 def _shape(shape: dict, model) -> dict:
@@ -78,10 +94,9 @@ def build_spec(model, task: str, shapes: dict, cast_type: str, auto_cast: str, d
         "toolchain": backend.toolchain() if toolchain is None else copy.deepcopy(toolchain),
         "recipe": keys.RECIPE_VERSION,
     }
-    if cast == "int8":  # the quantization recipe decides the int8 bytes too
-        from pipeline.quantize import INT8_RECIPE
-
-        spec["quantization"] = {"recipe": INT8_RECIPE, "torchao": keys.package_version("torchao")}
+    quantization = backend.quantization(cast)  # a quantization recipe decides the bytes too
+    if quantization is not None:
+        spec["quantization"] = quantization
     return spec
 
 
@@ -104,10 +119,9 @@ def make_job(model, shapes: dict, cast_type: str, auto_cast: str, dynamic_batch_
     }
 
 
-def plan(resolved: Resolved) -> list[dict]:
-    """Jobs in stable order, deduplicated by key, restricted to the configured shard."""
-    from pipeline.backends import get_backend
-
+def plan(resolved) -> list[dict]:
+    """Jobs in stable order, deduplicated by key, restricted to the configured shard.
+    `resolved`: what pipeline.validate.validate returned."""
     cfg = resolved.cfg
     backend = get_backend(cfg["backend"]["name"], cfg["backend"])
     m = cfg["matrix"]

@@ -5,119 +5,47 @@ Two destinations per variant (a job that passed verification, status passed or c
 * its **variant repo** (``publish.repo_template``; or one repo per model and one branch per
   variant with ``publish.revision_template``): the loadable folder (config.json, model.pt2,
   tokenizer files, manifest.json; never logs/) plus a generated model card README.md;
-* the **shared cache repo** (``publish.cache_repo``), content-addressed:
-  ``<platform-tag>/<key[:2]>/<key>/...``. There is no index file that two publishers could
-  fight over: a lookup is "does ``<platform-tag>/<key[:2]>/<key>/manifest.json`` exist".
+* the **shared cache repo** (``publish.cache_repo``), laid out as `pipeline.shared_cache`
+  reads it.
 
-Why each variant is ONE ``create_commit`` with explicit operations: a commit is atomic on the
-Hub, so a reader (or a publisher killed half-way) sees a variant fully or not at all. Every
-commit names its ``parent_commit``; a concurrent writer makes it fail with 412/409 and we
-re-read the head, re-diff and retry. Files whose content is already there (git blob oid or
-LFS sha256 equal) are not re-sent, and a variant with nothing new makes no commit at all, so
-re-publishing is idempotent. ``publish=local`` writes the same layout into ``publish.dir``
-(temp dir + rename) for offline demos; ``fetch_from_shared_cache`` reads either.
-
-Tokens come from HF_TOKEN / the huggingface_hub login (HfApi's own resolution); any error
-text we surface goes through ``scrub`` first, so a token never reaches logs, reports or cards.
+Each variant is one atomic commit (`pipeline.hub.commit_files`); ``publish=local`` writes the
+same layout into ``publish.dir`` (temp dir + rename) for offline demos. `publish_rows` updates
+the rows and returns the lines to show; it prints nothing.
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import os
-import random
-import re
 import shutil
 import tempfile
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any, Iterable
 
 from pipeline import keys
-from pipeline.cache import MANIFEST, Cache, check_integrity, sha256_file
+from pipeline.cache import MANIFEST, Cache, artifact_files, check_integrity, is_artifact_file, sha256_file
+from pipeline.hub import FileSpec, PublishError, commit_files, hub_api, scrub
+from pipeline.model_entries import HUB_ID, check_revision, offline
+from pipeline.shared_cache import clean_name, cache_path, local_cache_root, platform_tag
+from pipeline.tasks import TASKS
 
 README = "README.md"
+
 DEFAULT_REPO_TEMPLATE = "{namespace}/{model_name}-{backend}-{cast_type}-b{batch_size}-s{sequence_length}"
+
 PER_MODEL_REPO_TEMPLATE = "{namespace}/{model_name}"
+
 MAX_FILES_PER_COMMIT = 100  # the Hub is happiest with commits well under a few hundred files
-MAX_ATTEMPTS = 5  # per commit (or read) on 5xx / 429 / connection errors / stale parent
-# Seconds of the first retry's backoff (doubles each time, with jitter). The env override
-# exists for tests that kill the server and must not wait minutes for the retries to give up.
-BACKOFF_BASE_S = float(os.environ.get("PIPELINE_PUBLISH_BACKOFF_S", "0.5"))
-BACKOFF_CAP_S = 30.0
-KEEP_REMOTE = {".gitattributes"}  # never pruned from a variant repo
-LOGIN_HINT = "log in with `hf auth login` or set HF_TOKEN to a token with write access"
-
-
-class PublishError(Exception):
-    """A publish that failed for good (auth, retries exhausted, bad repo name); message scrubbed."""
-
-
-# --------------------------------------------------------------------------- secrets
-
-
-def _token() -> str | None:
-    try:
-        from huggingface_hub import get_token
-
-        return get_token()
-    except Exception:
-        return None
-
-
-def scrub(text: Any, token: str | None = None) -> str:
-    """`text` with the Hub token (HF_TOKEN or the stored login) replaced by ***."""
-    text = str(text)
-    for secret in {token, _token(), os.environ.get("HF_TOKEN"), os.environ.get("HUGGING_FACE_HUB_TOKEN")}:
-        if secret and len(secret) >= 4:
-            text = text.replace(secret, "***")
-    return re.sub(r"(?i)(authorization:\s*bearer\s+)\S+", r"\1***", text)
-
-
-# --------------------------------------------------------------------------- naming
-
-
-def _clean(part: str) -> str:
-    return re.sub(r"[^A-Za-z0-9._-]+", "-", str(part)).strip("-.") or "unknown"
-
-
-def platform_tag(spec: dict) -> str:
-    """The shared cache's top-level folder: which machines can load an artifact, e.g.
-    ``inductor-cpu-x86_64-AVX512-torch2.13.0`` or ``neuron-trn1-neuronx-cc2.21.0``.
-    The key alone decides reuse; the tag groups entries so a user can browse what exists for
-    their platform (and so the one-line lookup needs no index file)."""
-    backend = spec["backend"]["name"]
-    options = spec["backend"].get("options") or {}
-    tc = spec.get("toolchain") or {}
-    if backend == "neuron":
-        parts = [backend, tc.get("target") or options.get("target") or "unknown", f"neuronx-cc{tc.get('neuronx-cc', 'absent')}"]
-    else:
-        plat = tc.get("platform") or {}
-        device = options.get("device", "cpu")
-        hw = plat.get("gpu_arch") if device == "cuda" and plat.get("gpu_arch") else plat.get("cpu_capability")
-        hw = str(hw).split()[0] if hw else "unknown"  # "sm_90 NVIDIA H100" -> "sm_90"
-        torch_version = str(tc.get("torch", "unknown")).split("+")[0]
-        parts = [backend, device, plat.get("arch") or "unknown", hw, f"torch{torch_version}"]
-    return "-".join(_clean(p) for p in parts)
-
-
-def cache_path(spec: dict, key: str) -> str:
-    """Folder of an entry in the shared cache repo: ``<platform-tag>/<key[:2]>/<key>``."""
-    return f"{platform_tag(spec)}/{key[:2]}/{key}"
-
 
 def _fields(job: dict, publish_cfg: dict) -> dict:
     shapes = job.get("shapes") or job["spec"]["shapes"]
-    return {"namespace": publish_cfg.get("namespace") or "compiled", "model_name": _clean(job["model"]["name"]),
+    return {"namespace": publish_cfg.get("namespace") or "compiled", "model_name": clean_name(job["model"]["name"]),
             "backend": job["backend"], "cast_type": job["cast_type"], "task": job["task"],
             "batch_size": shapes.get("batch_size"), "sequence_length": shapes.get("sequence_length"), "key": job["key"][:12]}
 
-
 def variant_target(job: dict, publish_cfg: dict) -> tuple[str, str | None]:
     """(repo_id, revision or None for main) of a job's variant."""
-    from pipeline.config import HUB_ID, check_revision
-
     fields = _fields(job, publish_cfg)
     template = publish_cfg.get("repo_template") or DEFAULT_REPO_TEMPLATE
     revision = None
@@ -133,54 +61,8 @@ def variant_target(job: dict, publish_cfg: dict) -> tuple[str, str | None]:
         raise PublishError(f"publish.repo_template gives {repo_id!r}, which is not a valid Hub repo id")
     return repo_id, revision
 
-
-# --------------------------------------------------------------------------- what is published
-
-
-@dataclass
-class FileSpec:
-    """One file to publish: bytes in memory or a local path, with its sha256 and size."""
-
-    path: str  # path in repo
-    sha256: str
-    size: int
-    local: Path | None = None
-    data: bytes | None = None
-
-    @classmethod
-    def of_bytes(cls, path: str, data: bytes) -> "FileSpec":
-        return cls(path, hashlib.sha256(data).hexdigest(), len(data), data=data)
-
-    def content(self) -> bytes | str:
-        return self.data if self.data is not None else str(self.local)
-
-    def git_oid(self) -> str:
-        """Git blob sha1: what the Hub reports as a regular (non-LFS) file's oid."""
-        h = hashlib.sha1(b"blob %d\0" % self.size)
-        if self.data is not None:
-            h.update(self.data)
-        else:
-            with open(self.local, "rb") as f:
-                for chunk in iter(lambda: f.read(1 << 20), b""):
-                    h.update(chunk)
-        return h.hexdigest()
-
-    def matches(self, remote) -> bool:
-        """Whether a huggingface_hub RepoFile already holds these bytes."""
-        if remote is None or getattr(remote, "size", None) != self.size:
-            return False
-        lfs = getattr(remote, "lfs", None)
-        if lfs is not None:
-            return lfs.sha256 == self.sha256
-        return remote.blob_id == self.git_oid()
-
-    def with_path(self, path: str) -> "FileSpec":
-        return FileSpec(path, self.sha256, self.size, self.local, self.data)
-
-
 def _published_files(manifest: dict) -> list[str]:
-    return [rel for rel in manifest.get("files", {}) if not rel.startswith("logs/")]
-
+    return [rel for rel in manifest.get("files", {}) if is_artifact_file(rel, logs=False)]
 
 def published_manifest(manifest: dict) -> dict:
     """The manifest as published: only the files that are published (no logs/), no local
@@ -195,25 +77,19 @@ def published_manifest(manifest: dict) -> dict:
         m["model"] = {k: v for k, v in m["model"].items() if k != "path"}
     return m
 
-
 def _manifest_bytes(manifest: dict) -> bytes:
     return (json.dumps(manifest, indent=1, sort_keys=True) + "\n").encode()
 
-
 def entry_files(entry: Path, manifest: dict) -> list[FileSpec]:
     """The loadable folder of an entry (no logs/) with its published manifest.json."""
-    files = [FileSpec(rel, meta["sha256"], meta["size"], local=entry / rel) for rel, meta in
-             sorted(manifest["files"].items()) if not rel.startswith("logs/")]
+    files = [FileSpec(rel, manifest["files"][rel]["sha256"], manifest["files"][rel]["size"], local=entry / rel)
+             for rel in sorted(_published_files(manifest))]
     files.append(FileSpec.of_bytes(MANIFEST, _manifest_bytes(published_manifest(manifest))))
     return files
 
-
 def model_class(task: str) -> str:
-    from pipeline.tasks import TASKS
-
     auto = TASKS[task].auto_class if task in TASKS else "AutoModel"
     return "CompiledModelFor" + (auto[len("AutoModelFor"):] if auto.startswith("AutoModelFor") else "FeatureExtraction")
-
 
 def _fmt(v: Any) -> str:
     if isinstance(v, float):
@@ -221,7 +97,6 @@ def _fmt(v: Any) -> str:
     if isinstance(v, (dict, list)):
         return "`" + json.dumps(v, sort_keys=True) + "`"
     return str(v).replace("|", "\\|")
-
 
 def model_card(job: dict, manifest: dict, repo_id: str, revision: str | None, cache_repo: str | None) -> str:
     """README.md of a variant repo: YAML metadata + how to load, spec, toolchain, metrics, key.
@@ -266,7 +141,6 @@ def model_card(job: dict, manifest: dict, repo_id: str, revision: str | None, ca
         lines += ["", f"Also in the shared cache `{cache_repo}` at `{cache_path(spec, job['key'])}/`."]
     return "\n".join(lines) + "\n"
 
-
 @dataclass
 class Variant:
     row: dict
@@ -285,163 +159,6 @@ class Variant:
     def cache_files(self) -> list[FileSpec]:
         return [f.with_path(f"{self.cache_dir}/{f.path}") for f in self.files]
 
-
-# --------------------------------------------------------------------------- Hub access
-
-
-def hub_api(publish_cfg: dict | None = None, token: str | None = None):
-    """HfApi on publish.endpoint (else HF_ENDPOINT / huggingface.co); the token, unless given,
-    is resolved by huggingface_hub itself (HF_TOKEN, then the `hf auth login` token)."""
-    from huggingface_hub import HfApi
-
-    return HfApi(endpoint=(publish_cfg or {}).get("endpoint") or None, token=token, library_name="pipeline")
-
-
-def _status(e: BaseException) -> int | None:
-    response = getattr(e, "response", None)
-    return getattr(response, "status_code", None)
-
-
-def _transient(e: BaseException) -> bool:
-    from huggingface_hub.errors import LocalEntryNotFoundError
-
-    if isinstance(e, LocalEntryNotFoundError):  # hf_hub_download's answer to a connection error
-        return True
-    status = _status(e)
-    if status is not None:
-        return status == 429 or status >= 500
-    if isinstance(e, (ConnectionError, TimeoutError)):
-        return True
-    # The client's HTTP library (httpx or httpx2, by huggingface_hub version): connection
-    # refused/reset, server gone mid-response, timeouts are all TransportError subclasses.
-    return any(c.__name__ in ("TransportError", "TimeoutException") and c.__module__.split(".")[0].startswith("httpx")
-               for c in type(e).__mro__)
-
-
-def _sleep_backoff(attempt: int, e: BaseException | None = None) -> None:
-    delay = min(BACKOFF_CAP_S, BACKOFF_BASE_S * (2 ** (attempt - 1)))
-    retry_after = getattr(getattr(e, "response", None), "headers", {}).get("Retry-After") if e is not None else None
-    try:
-        delay = max(delay, min(BACKOFF_CAP_S, float(retry_after))) if retry_after else delay
-    except ValueError:
-        pass
-    time.sleep(delay * (0.5 + random.random()))  # jitter: two publishers do not retry in lockstep
-
-
-def _fail(e: BaseException, what: str, repo_id: str, endpoint: str, attempts: int | None = None) -> PublishError:
-    status = _status(e)
-    if status in (401, 403):
-        return PublishError(f"{what} {repo_id} on {endpoint}: not authorized (HTTP {status}); {LOGIN_HINT}")
-    detail = scrub(f"{type(e).__name__}: {e}").strip().splitlines()
-    tail = f" after {attempts} attempts" if attempts else ""
-    return PublishError(f"{what} {repo_id} on {endpoint} failed{tail}: {detail[0][:300] if detail else ''}")
-
-
-def _call(fn: Callable, what: str, repo_id: str, endpoint: str, passthrough: tuple = ()):
-    """Run a Hub read/setup call with retries on 5xx/429/connection errors; auth fails at once;
-    `passthrough` exceptions (e.g. EntryNotFoundError) are re-raised as they are."""
-    for attempt in range(1, MAX_ATTEMPTS + 1):
-        try:
-            return fn()
-        except passthrough:
-            raise
-        except Exception as e:
-            if _status(e) in (401, 403) or not _transient(e) or attempt == MAX_ATTEMPTS:
-                raise _fail(e, what, repo_id, endpoint, attempt if attempt > 1 else None) from None
-            _sleep_backoff(attempt, e)
-
-
-def _head(api, repo_id: str, revision: str | None) -> str:
-    return api.repo_info(repo_id, revision=revision or "main").sha
-
-
-def _remote_files(api, repo_id: str, head: str, paths: list[str] | None) -> dict:
-    """path -> RepoFile at commit `head`: the given paths only (paths-info), or the whole tree."""
-    from huggingface_hub.hf_api import RepoFile
-
-    if paths is None:
-        items = api.list_repo_tree(repo_id, revision=head, recursive=True)
-    else:
-        items = []
-        for i in range(0, len(paths), 100):
-            items += api.get_paths_info(repo_id, paths[i:i + 100], revision=head)
-    return {f.path: f for f in items if isinstance(f, RepoFile)}
-
-
-@dataclass
-class PushResult:
-    """What a push did: `oid` is the new commit, or the unchanged head when nothing changed."""
-
-    repo_id: str
-    revision: str | None
-    oid: str | None
-    committed: bool
-    added: list[str] = field(default_factory=list)
-    deleted: list[str] = field(default_factory=list)
-    commit_url: str | None = None
-
-
-def commit_files(api, repo_id: str, files: list[FileSpec], *, revision: str | None = None, commit_message: str,
-                 commit_description: str | None = None, prune: bool = False, create: bool = True) -> PushResult:
-    """Make the repo (at `revision`) hold `files` in ONE atomic commit, sending only what
-    differs; no commit when nothing differs. `prune` also deletes files not in `files` (but
-    .gitattributes). Stale parent (412/409) -> re-read head and retry; 5xx/429/connection
-    errors -> backoff and retry; 401/403 -> PublishError at once. Messages are scrubbed."""
-    from huggingface_hub import CommitOperationAdd, CommitOperationDelete
-
-    endpoint = api.endpoint
-    if create:
-        _call(lambda: api.create_repo(repo_id, exist_ok=True), "creating", repo_id, endpoint)
-        if revision and revision != "main":
-            _call(lambda: api.create_branch(repo_id, branch=revision, exist_ok=True), "creating branch "
-                  f"{revision} of", repo_id, endpoint)
-    wanted = {f.path: f for f in files}
-    last: Exception | None = None
-    for attempt in range(1, MAX_ATTEMPTS + 1):
-        try:
-            head = _head(api, repo_id, revision)
-            remote = _remote_files(api, repo_id, head, None if prune else sorted(wanted))
-            adds = [f for p, f in sorted(wanted.items()) if not f.matches(remote.get(p))]
-            dels = sorted(p for p in remote if prune and p not in wanted and p not in KEEP_REMOTE)
-            if not adds and not dels:
-                return PushResult(repo_id, revision, head, False)
-            ops = [CommitOperationAdd(f.path, f.content()) for f in adds] + [CommitOperationDelete(p) for p in dels]
-            info = api.create_commit(repo_id, ops, commit_message=commit_message, commit_description=commit_description,
-                                     revision=revision, parent_commit=head)
-            return PushResult(repo_id, revision, info.oid, True, [f.path for f in adds], dels, getattr(info, "commit_url", None))
-        except PublishError:
-            raise
-        except Exception as e:
-            last = e
-            status = _status(e)
-            if status in (401, 403):
-                raise _fail(e, "pushing to", repo_id, endpoint) from None
-            if status not in (409, 412) and not _transient(e):
-                raise _fail(e, "pushing to", repo_id, endpoint) from None
-            if attempt < MAX_ATTEMPTS:
-                _sleep_backoff(attempt, e)
-    raise _fail(last, "pushing to", repo_id, endpoint, MAX_ATTEMPTS) from None
-
-
-def push_folder(folder: str | Path, repo_id: str, revision: str | None = None, api=None,
-                commit_message: str = "Upload compiled model with pipeline", prune: bool = False,
-                token: str | None = None) -> PushResult:
-    """Push a loadable folder (every file but dot files and logs/) as ONE idempotent commit:
-    what runtime classes' `push_to_hub` uses. Returns a PushResult (`oid` = the commit, or the
-    unchanged head when nothing differed). Raises PublishError (scrubbed) when it fails."""
-    folder = Path(folder)
-    files = []
-    for p in sorted(folder.rglob("*")):
-        rel = p.relative_to(folder).as_posix()
-        if p.is_file() and not rel.startswith("logs/") and not any(part.startswith(".") for part in rel.split("/")):
-            files.append(FileSpec(rel, sha256_file(p), p.stat().st_size, local=p))
-    api = api or hub_api(token=token)
-    try:
-        return commit_files(api, repo_id, files, revision=revision, commit_message=commit_message, prune=prune)
-    except PublishError as e:
-        raise PublishError(scrub(e, token)) from None
-
-
 def _batches(variants: list[Variant], limit: int = MAX_FILES_PER_COMMIT) -> Iterable[list[Variant]]:
     """Whole variants per batch (a variant is never split across commits), <= limit files."""
     batch: list[Variant] = []
@@ -456,14 +173,8 @@ def _batches(variants: list[Variant], limit: int = MAX_FILES_PER_COMMIT) -> Iter
     if batch:
         yield batch
 
-
-# --------------------------------------------------------------------------- local layout
-
-
 def _local_tree(folder: Path) -> dict[str, tuple[str, int]]:
-    return {p.relative_to(folder).as_posix(): (sha256_file(p), p.stat().st_size) for p in folder.rglob("*")
-            if p.is_file() and not p.relative_to(folder).as_posix().startswith(".")}
-
+    return {rel: (sha256_file(p), p.stat().st_size) for rel, p in artifact_files(folder, manifest=True).items()}
 
 def write_local(dest: Path, files: list[FileSpec], root: Path) -> bool:
     """Make `dest` hold exactly `files` (staged in <root>/.tmp, then renamed into place).
@@ -492,23 +203,8 @@ def write_local(dest: Path, files: list[FileSpec], root: Path) -> bool:
     finally:
         shutil.rmtree(stage, ignore_errors=True)
 
-
 def local_repo_dir(root: Path, repo_id: str, revision: str | None) -> Path:
     return root / (f"{repo_id}@{revision}" if revision else repo_id)
-
-
-def local_cache_root(publish_cfg: dict) -> Path:
-    return Path(publish_cfg.get("dir") or "artifacts/published") / (publish_cfg.get("cache_repo") or "cache")
-
-
-# --------------------------------------------------------------------------- publish_rows
-
-
-def _console():
-    from pipeline.commands import console
-
-    return console
-
 
 def _variants(rows: list[dict], jobs: list[dict], publish_cfg: dict) -> list[Variant]:
     by_key = {j["key"]: j for j in jobs}
@@ -536,52 +232,50 @@ def _variants(rows: list[dict], jobs: list[dict], publish_cfg: dict) -> list[Var
             row.update(status="failed-to-publish", error=str(e))
     return out
 
-
 def _fail_row(row: dict, message: str) -> None:
     row["status"] = "failed-to-publish"
     row["error"] = scrub(message)
     row.setdefault("published", None)
 
-
-def publish_rows(rows: list[dict], jobs: list[dict], cfg: dict) -> None:
+def publish_rows(rows: list[dict], jobs: list[dict], cfg: dict) -> list[str]:
     """Publish every row that passed verification; mutates rows: `published` = {repo,
     revision, commit, ...}, or status `failed-to-publish` with the error (the local cache
-    entry stays valid, the exit code becomes non-zero)."""
+    entry stays valid, the exit code becomes non-zero). Returns the lines to show the user."""
     pc = cfg["publish"]
     mode = pc.get("name", "none")
+    messages: list[str] = []
     if mode == "none":
-        return
+        return messages
     variants = _variants(rows, jobs, pc)
     if not variants:
-        return
+        return messages
     if pc.get("dry_run"):
-        _dry_run(variants, pc)
+        _dry_run(variants, pc, messages)
     elif mode == "local":
         _publish_local(variants, pc)
     elif mode == "hub":
-        _publish_hub(variants, pc)
+        _publish_hub(variants, pc, messages)
     else:
         for v in variants:
             _fail_row(v.row, f"publish.name {mode!r} is not one of none, local, hub")
+    return messages
 
 
-def _dry_run(variants: list[Variant], pc: dict) -> None:
-    console = _console()
+def _dry_run(variants: list[Variant], pc: dict, messages: list[str]) -> None:
     where = "hub " + (pc.get("endpoint") or os.environ.get("HF_ENDPOINT") or "https://huggingface.co") if pc["name"] == "hub" else f"folder {pc.get('dir')}"
     cache_repo = pc.get("cache_repo") if pc["name"] == "hub" else str(local_cache_root(pc))
-    console.print(f"dry run: would publish {len(variants)} variant(s) to {where} (nothing is pushed)", markup=False)
+    messages.append(f"dry run: would publish {len(variants)} variant(s) to {where} (nothing is pushed)")
     for v in variants:
         files = v.repo_files()
         size = sum(f.size for f in files)
         target = f"{v.repo_id}@{v.revision}" if v.revision else v.repo_id
-        console.print(f"  would publish {v.job['key'][:12]} -> {target}: {len(files)} files, {size} bytes "
-                      f"({', '.join(f.path for f in files)})", markup=False)
+        messages.append(f"  would publish {v.job['key'][:12]} -> {target}: {len(files)} files, {size} bytes "
+                      f"({', '.join(f.path for f in files)})")
         if cache_repo:
-            console.print(f"  would publish {v.job['key'][:12]} -> {cache_repo}:{v.cache_dir}/ ({len(v.files)} files)", markup=False)
+            messages.append(f"  would publish {v.job['key'][:12]} -> {cache_repo}:{v.cache_dir}/ ({len(v.files)} files)")
         v.row["published"] = {"status": "would publish", "repo": v.repo_id, "revision": v.revision, "commit": None,
                               "files": [f.path for f in files], "bytes": size,
                               "cache_repo": cache_repo, "cache_path": v.cache_dir if cache_repo else None}
-
 
 def _publish_local(variants: list[Variant], pc: dict) -> None:
     root = Path(pc.get("dir") or "artifacts/published")
@@ -597,16 +291,12 @@ def _publish_local(variants: list[Variant], pc: dict) -> None:
         except OSError as e:
             _fail_row(v.row, f"writing {v.repo_id} under {root} failed: {e}")
 
-
-def _publish_hub(variants: list[Variant], pc: dict) -> None:
-    from huggingface_hub import constants
-
-    if constants.HF_HUB_OFFLINE:
+def _publish_hub(variants: list[Variant], pc: dict, messages: list[str]) -> None:
+    if offline():
         for v in variants:
             _fail_row(v.row, "HF_HUB_OFFLINE is set: publish=hub needs the Hub; unset it, or use publish=local")
         return
     api = hub_api(pc)
-    console = _console()
     cache_repo = pc.get("cache_repo")
     cache_commit: dict[str, str | None] = {}
     if cache_repo:
@@ -636,134 +326,5 @@ def _publish_hub(variants: list[Variant], pc: dict) -> None:
                               "commit": res.oid, "cache_repo": cache_repo, "cache_path": v.cache_dir if cache_repo else None,
                               "cache_commit": cache_commit.get(v.job["key"]), "endpoint": api.endpoint}
         target = f"{v.repo_id}@{v.revision}" if v.revision else v.repo_id
-        console.print(f"published {v.job['key'][:12]} -> {target} (commit {res.oid[:10]})" if res.committed
-                      else f"unchanged {v.job['key'][:12]} -> {target} (already at {str(res.oid)[:10]}; no commit)", markup=False)
-
-
-# --------------------------------------------------------------------------- shared cache reads
-
-
-def _safe_rel(rel: str) -> bool:
-    parts = rel.split("/")
-    return bool(rel) and not rel.startswith("/") and all(p and p not in (".", "..") and not p.startswith(".") for p in parts)
-
-
-class _HubSource:
-    def __init__(self, publish_cfg: dict):
-        self.api = hub_api(publish_cfg)
-        self.repo = publish_cfg["cache_repo"]
-        self.name = f"{self.repo} on {self.api.endpoint}"
-        self.commit: str | None = None
-
-    def open(self) -> bool:
-        from huggingface_hub.errors import RepositoryNotFoundError, RevisionNotFoundError
-
-        missing = (RepositoryNotFoundError, RevisionNotFoundError)
-        try:
-            self.commit = _call(lambda: _head(self.api, self.repo, None), "reading", self.repo, self.api.endpoint, missing)
-        except missing:
-            return False
-        return True
-
-    def get(self, path: str, dest: Path) -> Path | None:
-        """Download `path` (at the pinned commit) under dest; None when it does not exist."""
-        from huggingface_hub.errors import RemoteEntryNotFoundError, RepositoryNotFoundError
-
-        def dl():
-            return self.api.hf_hub_download(self.repo, path, revision=self.commit, local_dir=dest)
-
-        missing = (RemoteEntryNotFoundError, RepositoryNotFoundError)
-        try:
-            return Path(_call(dl, "downloading from", self.repo, self.api.endpoint, missing))
-        except missing:
-            return None
-
-
-class _LocalSource:
-    def __init__(self, publish_cfg: dict):
-        self.root = local_cache_root(publish_cfg)
-        self.name = str(self.root)
-        self.commit = None
-
-    def open(self) -> bool:
-        return self.root.is_dir()
-
-    def get(self, path: str, dest: Path) -> Path | None:
-        src = self.root / path
-        if not src.is_file():
-            return None
-        target = dest / path
-        target.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(src, target)
-        return target
-
-
-def _source(publish_cfg: dict | None):
-    pc = publish_cfg or {}
-    name = pc.get("name") or ("hub" if pc.get("cache_repo") else "none")  # {"cache_repo": ...} alone means the Hub
-    if name == "local":
-        return _LocalSource(pc)
-    if name == "hub" and pc.get("cache_repo"):
-        from huggingface_hub import constants
-
-        return None if constants.HF_HUB_OFFLINE else _HubSource(pc)
-    return None
-
-
-def fetch_from_shared_cache(key: str, spec: dict, cache: Cache, publish_cfg: dict) -> tuple[Path | None, str | None]:
-    """After a local miss: take the entry from the shared cache into the local one.
-
-    Returns (entry folder, None) on success; (None, None) when the shared cache has no entry
-    for the key (or none is configured); (None, reason) when one was found but not used: a
-    file whose sha256 or size differs from its manifest (tampered or truncated: the reason
-    names the file), a manifest that does not match the key, or an unreachable Hub."""
-    src = _source(publish_cfg)
-    if src is None:
-        return None, None
-    where = cache_path(spec, key)
-    try:
-        if not src.open():
-            return None, None
-        with cache.lock(key):
-            folder, _ = cache.lookup(key)
-            if folder is not None:  # another process fetched or compiled it meanwhile
-                return folder, None
-            dl = cache.new_tmp(key)
-            tmp = cache.new_tmp(key)
-            try:
-                mpath = src.get(f"{where}/{MANIFEST}", dl)
-                if mpath is None:
-                    return None, None
-                try:
-                    manifest = json.loads(mpath.read_text())
-                    spec_key = keys.key_of(manifest["spec"])
-                except (ValueError, KeyError, TypeError) as e:
-                    return None, f"shared cache entry {key[:12]} in {src.name}: {MANIFEST} is unreadable ({type(e).__name__}); not used"
-                if manifest.get("key") != key or spec_key != key:
-                    return None, f"shared cache entry {key[:12]} in {src.name}: {MANIFEST} does not match the key; not used"
-                if (manifest.get("verification") or {}).get("status", "passed") != "passed":
-                    return None, f"shared cache entry {key[:12]} in {src.name} is not verified; not used"
-                files = manifest.get("files") or {}
-                bad = [rel for rel in files if not _safe_rel(rel)]
-                if bad:
-                    return None, f"shared cache entry {key[:12]} in {src.name}: unsafe path {bad[0]!r} in {MANIFEST}; not used"
-                for rel in files:
-                    got = src.get(f"{where}/{rel}", dl)
-                    if got is None:
-                        return None, f"shared cache entry {key[:12]} in {src.name}: {rel}: missing; not used"
-                    target = tmp / rel
-                    target.parent.mkdir(parents=True, exist_ok=True)
-                    os.replace(got, target)
-                problem = check_integrity(tmp, manifest)
-                if problem is not None:
-                    return None, f"shared cache entry {key[:12]} in {src.name} failed its integrity check ({problem}); not used"
-                origin = {"source": src.name, "path": where, "commit": src.commit, "created_at": manifest.get("created_at")}
-                base = {k: v for k, v in manifest.items() if k not in ("key", "files", "created_at")}
-                return cache.commit(key, tmp, dict(base, fetched_from=origin)), None
-            finally:
-                shutil.rmtree(dl, ignore_errors=True)
-                shutil.rmtree(tmp, ignore_errors=True)
-    except PublishError as e:
-        return None, f"shared cache {src.name} not used: {e}"
-    except Exception as e:  # the shared cache is an optimisation: never fail a job over it
-        return None, scrub(f"shared cache {src.name} not used: {type(e).__name__}: {e}")[:500]
+        messages.append(f"published {v.job['key'][:12]} -> {target} (commit {res.oid[:10]})" if res.committed
+                      else f"unchanged {v.job['key'][:12]} -> {target} (already at {str(res.oid)[:10]}; no commit)")

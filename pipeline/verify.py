@@ -4,10 +4,10 @@ The reference is the original model on CPU in fp32, eager, on the same inputs; i
 per (model revision, task, shapes, seed) and reused across cast types and backends.
 Metrics cover non-pad positions only: pad positions carry the largest, meaningless errors.
 
-    python -m pipeline.verify ARTIFACT_DIR INPUTS.safetensors OUTPUTS.safetensors
+    python -m pipeline.verify ARTIFACT_DIR INPUTS.safetensors OUTPUTS.safetensors [GENERATE_TOKENS]
 runs a compiled artifact in a fresh process: proof that it loads without the model's code.
 `python -m pipeline.verify --standby ARTIFACT_DIR` imports torch first and then reads those three
-paths as a JSON list from stdin, so a worker can start it before its compile ends.
+arguments as a JSON list from stdin, so a worker can start it before its compile ends.
 """
 from __future__ import annotations
 
@@ -18,11 +18,20 @@ import sys
 from pathlib import Path
 from typing import Any
 
-REF_VERSION = "ref-1"
+from pipeline import keys
+from pipeline.backends import get_backend
+from pipeline.backends.base import DecoderRuntime
+from pipeline.generation import generate
+
+REF_VERSION = "ref-2"
 
 
 def reference_path(cache_root: Path, spec: dict, seed: int, extra: Any = None) -> Path:
-    ident = json.dumps([REF_VERSION, spec["model"], spec["task"], spec["shapes"], seed, extra], sort_keys=True)
+    """Where the reference of (model revision, task, shapes, seed) is stored. The versions of
+    the eager code that computed it (torch, transformers) are part of its name: after an
+    upgrade, the new eager outputs are the truth, not the old ones."""
+    eager = {name: keys.package_version(name) for name in ("torch", "transformers")}
+    ident = json.dumps([REF_VERSION, spec["model"], spec["task"], spec["shapes"], seed, extra, eager], sort_keys=True)
     return Path(cache_root) / ".refs" / (hashlib.sha256(ident.encode()).hexdigest() + ".safetensors")
 
 
@@ -122,59 +131,102 @@ def decoder_reference(model, batch_size: int, sequence_length: int, generate_tok
         logits = model(input_ids=prompt, attention_mask=torch.ones_like(prompt)).logits.float()
         generated = model.generate(prompt, attention_mask=torch.ones_like(prompt), do_sample=False, max_new_tokens=n,
                                    min_new_tokens=n, pad_token_id=pad, num_beams=1)
-    return {"input_ids": prompt, "max_new_tokens": torch.tensor(n)}, {"logits": logits, "generated": generated}
+    return {"input_ids": prompt}, {"logits": logits, "generated": generated}
 
 
-def run_artifact(folder: Path, inputs_path: Path, out_path: Path) -> None:
+def run_decoder(runtime: DecoderRuntime, prompt, generate_tokens: int) -> dict:
+    """What verification compares for a decoder, through the same generate() users call:
+    the prefill logits (every position, or the last one for engines that compute only that)
+    and greedy decoding of exactly `generate_tokens` tokens after the prompt."""
+    import torch
+
+    with torch.no_grad():
+        logits = runtime.forward(prompt, torch.arange(prompt.shape[1]))
+        ids = generate(runtime, prompt, max_new_tokens=generate_tokens, min_new_tokens=generate_tokens, do_sample=False)
+    return {"logits": logits.float().cpu(), "generated": ids.cpu()}
+
+
+def decoder_metrics(reference: dict, got: dict, prompt_length: int, tolerance: dict) -> dict:
+    """Prefill-logit metrics and greedy agreement of a decoder (the gate reads both)."""
+    ref_logits = reference["logits"] if got["logits"].shape[1] == reference["logits"].shape[1] else reference["logits"][:, -1:]
+    metrics = {"logits": output_metrics(ref_logits, got["logits"], None, argmax=True, atol=tolerance.get("atol"), rtol=tolerance.get("rtol"))}
+    agreement = greedy_agreement(reference["generated"], got["generated"], prompt_length=prompt_length)
+    metrics["generated"] = {**agreement, "token_agreement": agreement["agreement_rate"]}
+    return metrics
+
+
+def greedy_agreement(ref_ids: Any, got_ids: Any, prompt_length: int = 0) -> dict:
+    """How far two batches of generated ids agree, for the verify gate.
+
+    Compares tokens from `prompt_length` on, over the shorter of the two lengths.
+    agreement_length: tokens equal before the first mismatch, min over the batch;
+    agreement_rate: mean over rows of (matching prefix / compared tokens);
+    token_match_rate: fraction of equal tokens at equal positions;
+    exact: same shape and every token equal."""
+    import torch
+
+    ref = torch.as_tensor(ref_ids).long().cpu()
+    got = torch.as_tensor(got_ids).long().cpu()
+    if ref.dim() == 1:
+        ref = ref[None]
+    if got.dim() == 1:
+        got = got[None]
+    if ref.shape[0] != got.shape[0]:
+        raise ValueError(f"batch sizes differ: ref {ref.shape[0]} vs got {got.shape[0]}")
+    end = min(ref.shape[1], got.shape[1])
+    compared = max(end - prompt_length, 0)
+    a = ref[:, prompt_length:end]
+    b = got[:, prompt_length:end]
+    equal = a == b
+    if compared == 0:
+        prefix = [0] * ref.shape[0]
+    else:
+        mismatch = ~equal
+        first = torch.where(mismatch.any(dim=1), mismatch.int().argmax(dim=1), torch.full((ref.shape[0],), compared))
+        prefix = [int(v) for v in first]
+    return {
+        "agreement_length": min(prefix) if prefix else 0,
+        "agreement_length_per_row": prefix,
+        "compared_tokens": compared,
+        "agreement_rate": (sum(prefix) / (compared * len(prefix))) if compared and prefix else 1.0,
+        "token_match_rate": float(equal.float().mean()) if compared else 1.0,
+        "exact": bool(ref.shape == got.shape and torch.equal(ref, got)),
+    }
+
+
+def run_artifact(folder: Path, inputs_path: Path, out_path: Path, generate_tokens: int = 0) -> None:
     """Load a compiled artifact with only its config.json and run it on saved inputs."""
-    from pipeline.backends import get_backend
-
     config = json.loads((folder / "config.json").read_text())
     meta = config["pipeline"]
     backend = get_backend(meta["backend"], meta["backend_options"])
     runner = backend.load(folder, config)
     inputs = load_tensors(inputs_path)
     if meta["task"] == "text-generation":
-        import torch
-
-        from pipeline import decoder
-
-        prompt = inputs["input_ids"]
-        n = int(inputs["max_new_tokens"].item())
-        with torch.no_grad():
-            if hasattr(runner, "prefill_logits"):  # engines that only return the last position's logits
-                logits = runner.prefill_logits(prompt)
-            else:
-                logits = runner(prompt, torch.arange(prompt.shape[1]))
-            ids = decoder.generate(runner, prompt, max_new_tokens=n, min_new_tokens=n, do_sample=False)
-        save_tensors({"logits": logits.float().cpu(), "generated": ids.cpu()}, out_path)
+        save_tensors(run_decoder(runner, inputs["input_ids"], generate_tokens), out_path)
         return
     outputs = runner(**inputs)
     save_tensors({k: v.float().cpu() for k, v in outputs.items()}, out_path)
 
 
-def start_standby(folder: Path, log: Path):
-    """A fresh verifying process for the artifact that will be in `folder`: it imports torch now
-    and runs the artifact once told on its stdin (`proc.communicate(json.dumps([folder, inputs, outputs]))`)."""
+def start_standby(backend: str, folder: Path, log: Path):
+    """A fresh verifying process for the artifact that will be in `folder`: it does the backend's
+    imports now and runs the artifact once told on its stdin
+    (`proc.communicate(json.dumps([folder, inputs, outputs, generate_tokens]))`)."""
     import subprocess
 
     with open(log, "w") as out:
-        return subprocess.Popen([sys.executable, "-m", "pipeline.verify", "--standby", str(folder)], stdin=subprocess.PIPE, stdout=out,
-                                stderr=subprocess.STDOUT, text=True, env=os.environ.copy())
+        return subprocess.Popen([sys.executable, "-m", "pipeline.verify", "--standby", backend, str(folder)], stdin=subprocess.PIPE,
+                                stdout=out, stderr=subprocess.STDOUT, text=True, env=os.environ.copy())
 
 
 def _main(argv: list[str]) -> int:
     if argv[:1] == ["--standby"]:
-        import torch  # noqa: F401
-        import torch._inductor  # noqa: F401
-
-        from pipeline.backends import inductor  # noqa: F401
-
+        get_backend(argv[1]).warm_up()
         line = sys.stdin.readline()
         if not line.strip():
             return 0  # not needed (the compile failed)
         argv = json.loads(line)
-    run_artifact(Path(argv[0]), Path(argv[1]), Path(argv[2]))
+    run_artifact(Path(argv[0]), Path(argv[1]), Path(argv[2]), int(argv[3]) if len(argv) > 3 else 0)
     return 0
 
 

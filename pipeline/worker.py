@@ -1,7 +1,10 @@
 """One job end to end, in its own process.
 
     python -m pipeline.worker JOB.json RESULT.json
-    python -m pipeline.worker --standby RUN_DIR   (then one line on stdin: ["JOB.json", "RESULT.json"])
+    python -m pipeline.worker --standby BACKEND   (then one line on stdin: ["JOB.json", "RESULT.json"])
+
+`run_worker` is the other end: it starts (or hands a job to) such a process and waits for it
+with the job's timeout; the executors and `from_pretrained(export=True)` both use it.
 
 A standby worker pays its imports (torch, transformers, Inductor) before its job is known and
 waits on stdin for exactly one job; the executor starts the next one while the current job
@@ -17,11 +20,15 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
+import subprocess
 import sys
 import time
 import traceback
 from pathlib import Path
 
+from pipeline import tasks, verify
+from pipeline.backends import get_backend
 from pipeline.cache import Cache
 
 
@@ -48,20 +55,34 @@ def _restore_output(saved) -> None:
     os.dup2(saved[1], 2)
 
 
-def _tokenizer(path: str, revision: str | None):
-    try:
-        from transformers import AutoTokenizer
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "vocab.json", "spiece.model", "tokenizer.model")
 
+
+def _tokenizer(path: str, revision: str | None, local: bool):
+    """The model's tokenizer, or None when the model has no tokenizer files (seeded token ids
+    are used instead). Any other failure (a network blip, a corrupt file) fails the job: an
+    artifact without its tokenizer must never be cached under the key of one with it."""
+    from transformers import AutoTokenizer
+
+    if local and not any((Path(path) / name).is_file() for name in TOKENIZER_FILES):
+        return None
+    if not local:
+        from huggingface_hub import list_repo_files
+
+        try:
+            files = set(list_repo_files(path, revision=revision))
+        except Exception:  # offline: the files are in the HF cache or nowhere
+            files = None
+        if files is not None and not files & set(TOKENIZER_FILES):
+            return None
+    try:
         return AutoTokenizer.from_pretrained(path, revision=revision, trust_remote_code=False)
-    except Exception:
-        return None  # no tokenizer files: seeded token ids are used instead
+    except Exception as e:
+        raise JobFailed(f"tokenizer of {path} could not be loaded: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"[:400]) from e
 
 
 def build_artifact(job: dict, cache: Cache, tmp: Path, timings: dict) -> dict:
     """Compile into `tmp` and verify; returns metrics. Raises JobFailed with the reason."""
-    from pipeline import verify
-    from pipeline.backends import get_backend
-
     spec = job["spec"]
     backend = get_backend(spec["backend"]["name"], job["backend_options"])
     reason = backend.available()
@@ -69,7 +90,7 @@ def build_artifact(job: dict, cache: Cache, tmp: Path, timings: dict) -> dict:
         raise JobFailed(f"backend unavailable: {reason}")
     # The verifying process starts now so its imports overlap the compile; it is still a fresh
     # process that never sees the model's Python code, only the artifact folder.
-    verifier = verify.start_standby(tmp, tmp / "logs" / "verify.log")
+    verifier = verify.start_standby(backend.name, tmp, tmp / "logs" / "verify.log")
     try:
         return _build(job, cache, tmp, timings, backend, verifier)
     finally:
@@ -81,14 +102,12 @@ def build_artifact(job: dict, cache: Cache, tmp: Path, timings: dict) -> dict:
 def _build(job: dict, cache: Cache, tmp: Path, timings: dict, backend, verifier) -> dict:
     import torch
 
-    from pipeline import tasks, verify
-
     spec = job["spec"]
     task = tasks.TASKS[job["task"]]
     revision = None if job["model"]["local"] else job["model"]["revision"]
     t = time.perf_counter()
     model = tasks.load_eager_model(job["task"], job["model"]["path"], revision)
-    tokenizer = _tokenizer(job["model"]["path"], revision)
+    tokenizer = _tokenizer(job["model"]["path"], revision, job["model"]["local"])
     timings["load_s"] = round(time.perf_counter() - t, 3)
 
     torch.manual_seed(job["verify"]["seed"])
@@ -113,9 +132,8 @@ def _build(job: dict, cache: Cache, tmp: Path, timings: dict, backend, verifier)
     timings["reference_s"] = round(time.perf_counter() - t, 3)
 
     t = time.perf_counter()
-    compile_inputs = {k: v for k, v in inputs.items() if k != "max_new_tokens"}
     try:
-        section = backend.compile(model, compile_inputs, spec, tmp)
+        section = backend.compile(model, inputs, spec, tmp)
     except Exception as e:
         msg = str(e).strip().splitlines()
         raise JobFailed(f"compile failed: {type(e).__name__}: {msg[0] if msg else ''}"[:500]) from e
@@ -125,7 +143,7 @@ def _build(job: dict, cache: Cache, tmp: Path, timings: dict, backend, verifier)
     config.update(section)
     config["pipeline"] = {
         "key": job["key"], "spec": spec, "task": job["task"], "shapes": shapes, "cast_type": spec["cast_type"],
-        "backend": backend.name, "backend_options": job["backend_options"], "model_id": job["model"]["id"], "input_names": list(compile_inputs),
+        "backend": backend.name, "backend_options": job["backend_options"], "model_id": job["model"]["id"], "input_names": list(inputs),
     }
     (tmp / "config.json").write_text(json.dumps(config, indent=1, sort_keys=True))
     if tokenizer is not None:
@@ -136,7 +154,8 @@ def _build(job: dict, cache: Cache, tmp: Path, timings: dict, backend, verifier)
     work = tmp / ".verify"
     work.mkdir()
     verify.save_tensors(inputs, work / "inputs.safetensors")
-    verifier.communicate(json.dumps([str(tmp), str(work / "inputs.safetensors"), str(work / "outputs.safetensors")]) + "\n")
+    generate_tokens = reference["generated"].shape[1] - inputs["input_ids"].shape[1] if task.decoder else 0
+    verifier.communicate(json.dumps([str(tmp), str(work / "inputs.safetensors"), str(work / "outputs.safetensors"), generate_tokens]) + "\n")
     if verifier.returncode != 0:
         tail = (tmp / "logs" / "verify.log").read_text().strip().splitlines()[-1:] or [""]
         raise JobFailed(f"compiled artifact failed to load/run in a fresh process (exit {verifier.returncode}): {tail[0][:300]}")
@@ -147,12 +166,7 @@ def _build(job: dict, cache: Cache, tmp: Path, timings: dict, backend, verifier)
     tol = job["verify"]["tolerance"]
     mask = inputs.get("attention_mask")
     if task.decoder:
-        from pipeline import decoder
-
-        ref_logits = reference["logits"] if got["logits"].dim() == 3 else reference["logits"][:, -1]
-        metrics = {"logits": verify.output_metrics(ref_logits, got["logits"], None, argmax=True, atol=tol.get("atol"), rtol=tol.get("rtol"))}
-        agreement = decoder.greedy_agreement(reference["generated"], got["generated"], prompt_length=inputs["input_ids"].shape[1])
-        metrics["generated"] = {**agreement, "token_agreement": agreement["agreement_rate"]}
+        metrics = verify.decoder_metrics(reference, got, inputs["input_ids"].shape[1], tol)
     else:
         metrics = {name: verify.output_metrics(reference[name], got[name], mask, task.argmax, tol.get("atol"), tol.get("rtol")) for name in task.outputs}
     broken = verify.gate(metrics, tol)
@@ -163,7 +177,6 @@ def _build(job: dict, cache: Cache, tmp: Path, timings: dict, backend, verifier)
 
 def run_job(job: dict, warm_start: bool = False) -> dict:
     cache = Cache(job["cache_dir"])
-    cache.use_for_inductor()
     key = job["key"]
     result = {"key": key, "status": "failed", "error": None, "metrics": {}, "timings": {"warm_start": warm_start}, "artifact": None}
     with cache.lock(key):
@@ -198,16 +211,42 @@ def run_job(job: dict, warm_start: bool = False) -> dict:
             shutil.rmtree(tmp, ignore_errors=True)
 
 
-def _standby() -> tuple[str, str] | None:
+def run_worker(job: dict, work: Path, timeout_s: float, standby: subprocess.Popen | None = None, env: dict | None = None) -> dict:
+    """One attempt in a fresh process (a standby one when given, else one started with `env`);
+    a transient fault comes back as status 'transient'."""
+    work.mkdir(parents=True, exist_ok=True)
+    job_file, result_file, log_file = work / "job.json", work / "result.json", work / "worker.log"
+    job_file.write_text(json.dumps(job))
+    result_file.unlink(missing_ok=True)
+    with open(log_file, "ab") as log:
+        proc = standby
+        if proc is not None:
+            try:
+                proc.stdin.write(json.dumps([str(job_file), str(result_file)]).encode() + b"\n")
+                proc.stdin.close()
+            except OSError:  # it died while waiting: start this job cold
+                proc = None
+        if proc is None:
+            proc = subprocess.Popen([sys.executable, "-m", "pipeline.worker", str(job_file), str(result_file)],
+                                    stdout=log, stderr=subprocess.STDOUT, start_new_session=True, env=env)
+        try:
+            proc.wait(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+            return {"status": "transient", "error": f"timed out after {timeout_s:.0f} s (timeout_s)"}
+    if result_file.is_file():
+        return json.loads(result_file.read_text())
+    how = f"killed by signal {-proc.returncode}" if proc.returncode < 0 else f"exited {proc.returncode} without a result"
+    tail = log_file.read_text(errors="replace").strip().splitlines()[-1:] if log_file.is_file() else []
+    return {"status": "transient", "error": f"worker {how}" + (f": {tail[0][:300]}" if tail else "")}
+
+
+def _standby(backend: str) -> tuple[str, str] | None:
     """Import what every job needs, then wait for one job on stdin (None on EOF: not needed)."""
-    import torch  # noqa: F401
-    import torch._inductor  # noqa: F401
-    import torch.export  # noqa: F401
-    import transformers.modeling_utils  # noqa: F401
+    import transformers.modeling_utils  # noqa: F401  (every job loads an eager model)
 
-    from pipeline import tasks, verify  # noqa: F401
-    from pipeline.backends import inductor  # noqa: F401
-
+    get_backend(backend).warm_up()
     line = sys.stdin.readline()
     if not line.strip():
         return None
@@ -219,7 +258,7 @@ def _standby() -> tuple[str, str] | None:
 def main(argv: list[str]) -> int:
     warm = argv[0] == "--standby"
     if warm:
-        handed = _standby()
+        handed = _standby(argv[1])
         if handed is None:
             return 0
         argv = list(handed)

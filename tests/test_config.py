@@ -33,10 +33,9 @@ from omegaconf import OmegaConf
 from conftest import REPO, cli_env, run_cli
 from pipeline import keys
 from pipeline.cache import MANIFEST, Cache
-from pipeline.config import ConfigError, register_configs, validate
+from pipeline.validate import ConfigError, validate
 from pipeline.plan import plan, write_plan
 
-register_configs()
 
 SWEEPS = sorted(p.stem for p in (REPO / "configs" / "sweep").glob("*.yaml"))
 MODEL_FILES = sorted(p.stem for p in (REPO / "configs" / "model").glob("*.yaml"))
@@ -395,9 +394,10 @@ def test_plan_dedups_equivalent_jobs(tiny_models):
 
 def test_plan_order_is_stable(tiny_models, cli, workspace):
     first = [j["key"] for j in smoke_plan()]
-    from pipeline import models
+    from pipeline import model_entries as models
 
-    models._resolved.clear()  # recompute the content hashes too
+    models._resolved.clear()
+    models._hashed.clear()  # recompute the content hashes too
     assert [j["key"] for j in smoke_plan()] == first
     # across processes with different hash seeds, and the same as in-process
     for name, runs in (("plan-a", "runs-a"), ("plan-b", "runs-b")):
@@ -481,7 +481,7 @@ def test_planning_imports_no_torch_and_is_fast(tiny_models):
         t0 = time.perf_counter()
         from hydra import compose, initialize_config_dir
         from omegaconf import OmegaConf
-        from pipeline.config import validate
+        from pipeline.validate import validate
         from pipeline.plan import plan
         with initialize_config_dir(config_dir={str(REPO / 'configs')!r}, version_base="1.3"):
             cfg = OmegaConf.to_container(compose(config_name="config", overrides=["+sweep=smoke"]), resolve=True)

@@ -1,4 +1,4 @@
-"""Causal-LM compilation (pipeline.decoder): real AOTInductor compiles of tiny random models.
+"""Causal-LM compilation (pipeline.backends.inductor.decoder): real AOTInductor compiles of tiny random models.
 
 Compiles are shared per module (one per architecture/dtype); each costs ~10-40 s on 2 cores.
 The eager reference is transformers' own model.generate()."""
@@ -18,7 +18,9 @@ import pytest
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
-from pipeline import decoder as D  # noqa: E402
+from pipeline import generation as G  # noqa: E402
+from pipeline import verify  # noqa: E402
+from pipeline.backends.inductor import decoder as D  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 BATCH = 2
@@ -68,7 +70,7 @@ COMPILE_SCRIPT = textwrap.dedent(
     import json, sys, traceback
     from pathlib import Path
     from transformers import AutoModelForCausalLM
-    from pipeline.decoder import export_decoder
+    from pipeline.backends.inductor.decoder import export_decoder
     for spec in json.loads(sys.argv[1]):
         out = Path(spec["out"])
         try:
@@ -142,7 +144,8 @@ def llama(compiled):
 FRESH_SCRIPT = textwrap.dedent(
     """
     import json, sys, torch
-    from pipeline.decoder import load_decoder, generate
+    from pipeline.backends.inductor.decoder import load_decoder
+    from pipeline.generation import generate
     job = json.loads(open(sys.argv[1]).read())
     out = {}
     for arch, folder in job["folders"].items():
@@ -183,7 +186,7 @@ def test_fp32_greedy_matches_eager_in_fresh_process(arch, compiled, prompts, fre
     ref_first = _eager_generate(model, prompts[0], max_new_tokens=NEW)
     ref_second = _eager_generate(model, prompts[1], max_new_tokens=20)
     assert ref_first.shape == (BATCH, PROMPT + NEW)
-    metrics = D.greedy_agreement(ref_first, torch.tensor(first), prompt_length=PROMPT)
+    metrics = verify.greedy_agreement(ref_first, torch.tensor(first), prompt_length=PROMPT)
     assert metrics["exact"], metrics
     assert metrics["agreement_length"] == NEW
     # the second prompt (shorter, after a longer generation) is unaffected by stale cache slots
@@ -196,13 +199,13 @@ def test_prompts_in_a_row_same_as_fresh(llama, prompts):
     short = prompts[1]
     ref_long = _eager_generate(model, long_prompt, max_new_tokens=SEQ - 12)  # fills the whole cache
     ref_short = _eager_generate(model, short, max_new_tokens=6)
-    assert torch.equal(D.generate(runner, long_prompt, max_new_tokens=SEQ - 12), ref_long)
-    assert torch.equal(D.generate(runner, short, max_new_tokens=6), ref_short)
-    assert torch.equal(D.generate(runner, long_prompt, max_new_tokens=SEQ - 12), ref_long)
+    assert torch.equal(G.generate(runner, long_prompt, max_new_tokens=SEQ - 12), ref_long)
+    assert torch.equal(G.generate(runner, short, max_new_tokens=6), ref_short)
+    assert torch.equal(G.generate(runner, long_prompt, max_new_tokens=SEQ - 12), ref_long)
     # a one-token prompt works too; it is a strided view: the runner must make it contiguous
     one = short[:, :1]
     assert not one.is_contiguous()
-    assert torch.equal(D.generate(runner, one, max_new_tokens=10), _eager_generate(model, one, max_new_tokens=10))
+    assert torch.equal(G.generate(runner, one, max_new_tokens=10), _eager_generate(model, one, max_new_tokens=10))
 
 
 def test_artifact_folder_and_meta(llama):
@@ -215,9 +218,9 @@ def test_artifact_folder_and_meta(llama):
     assert meta["inductor_configs"] == D.DEFAULT_INDUCTOR_CONFIGS
     logits = runner(torch.zeros(BATCH, 3, dtype=torch.long), torch.arange(3))
     assert logits.shape == (BATCH, 3, VOCAB)
-    with pytest.raises(D.StaticShapeError, match="batch_size=2"):
+    with pytest.raises(G.StaticShapeError, match="batch_size=2"):
         runner(torch.zeros(3, 1, dtype=torch.long), torch.arange(1))
-    with pytest.raises(D.StaticShapeError, match="outside the compiled cache"):
+    with pytest.raises(G.StaticShapeError, match="outside the compiled cache"):
         runner(torch.zeros(BATCH, 1, dtype=torch.long), torch.tensor([SEQ]))
     with pytest.raises(FileNotFoundError, match="decoder.json"):
         D.load_decoder(folder.parent)
@@ -227,10 +230,10 @@ def test_bf16_agreement(compiled, prompts, record_property):
     model, folder, meta = compiled("llama", "bf16")
     assert meta["dtype"] == "bf16"
     runner = D.load_decoder(folder)
-    got = D.generate(runner, prompts[0], max_new_tokens=NEW)
-    vs_fp32 = D.greedy_agreement(_eager_generate(model, prompts[0], max_new_tokens=NEW), got, PROMPT)
+    got = G.generate(runner, prompts[0], max_new_tokens=NEW)
+    vs_fp32 = verify.greedy_agreement(_eager_generate(model, prompts[0], max_new_tokens=NEW), got, PROMPT)
     eager_bf16 = _tiny_model("llama").to(torch.bfloat16)
-    vs_bf16 = D.greedy_agreement(_eager_generate(eager_bf16, prompts[0], max_new_tokens=NEW), got, PROMPT)
+    vs_bf16 = verify.greedy_agreement(_eager_generate(eager_bf16, prompts[0], max_new_tokens=NEW), got, PROMPT)
     record_property("bf16_vs_eager_fp32", vs_fp32)
     record_property("bf16_vs_eager_bf16", vs_bf16)
     print("\nbf16 compiled vs eager fp32:", vs_fp32, "\nbf16 compiled vs eager bf16:", vs_bf16)
@@ -253,27 +256,27 @@ def test_call_kwargs_take_precedence_over_generation_config_json(llama, prompts,
     runner = D.load_decoder(custom)
     greedy = _eager_generate(model, prompts[0], max_new_tokens=9)
 
-    out = D.generate(runner, prompts[0], generator=torch.Generator().manual_seed(0))
+    out = G.generate(runner, prompts[0], generator=torch.Generator().manual_seed(0))
     assert out.shape == (BATCH, PROMPT + 5)  # folder default
-    assert D.generate(runner, prompts[0], max_new_tokens=7, do_sample=False).shape == (BATCH, PROMPT + 7)
-    assert torch.equal(D.generate(runner, prompts[0], max_new_tokens=9, do_sample=False), greedy)
+    assert G.generate(runner, prompts[0], max_new_tokens=7, do_sample=False).shape == (BATCH, PROMPT + 7)
+    assert torch.equal(G.generate(runner, prompts[0], max_new_tokens=9, do_sample=False), greedy)
     # a call's max_length beats the folder's max_new_tokens
-    assert D.generate(runner, prompts[0], max_length=PROMPT + 3, do_sample=False).shape == (BATCH, PROMPT + 3)
+    assert G.generate(runner, prompts[0], max_length=PROMPT + 3, do_sample=False).shape == (BATCH, PROMPT + 3)
     # kwargs > generation_config argument > folder
     arg = transformers.GenerationConfig(max_new_tokens=6, do_sample=False)
-    assert torch.equal(D.generate(runner, prompts[0], generation_config=arg), greedy[:, : PROMPT + 6])
-    assert D.generate(runner, prompts[0], generation_config=arg, max_new_tokens=9).shape == (BATCH, PROMPT + 9)
+    assert torch.equal(G.generate(runner, prompts[0], generation_config=arg), greedy[:, : PROMPT + 6])
+    assert G.generate(runner, prompts[0], generation_config=arg, max_new_tokens=9).shape == (BATCH, PROMPT + 9)
 
     # a default length larger than the compiled cache is clamped; the same length asked by the call is an error
     transformers.GenerationConfig(max_length=1000).save_pretrained(custom)
     runner = D.load_decoder(custom)
-    assert D.generate(runner, prompts[0]).shape == (BATCH, SEQ)
-    with pytest.raises(D.StaticShapeError, match="max_length=1000"):
-        D.generate(runner, prompts[0], max_length=1000)
+    assert G.generate(runner, prompts[0]).shape == (BATCH, SEQ)
+    with pytest.raises(G.StaticShapeError, match="max_length=1000"):
+        G.generate(runner, prompts[0], max_length=1000)
     # no length anywhere: transformers' 20 new tokens
     (custom / D.GENERATION_CONFIG_FILE).unlink()
     assert D.load_decoder(custom).generation_config is None
-    assert D.generate(D.load_decoder(custom), prompts[0]).shape == (BATCH, PROMPT + 20)
+    assert G.generate(D.load_decoder(custom), prompts[0]).shape == (BATCH, PROMPT + 20)
 
 
 def test_eos_stops_one_row_while_the_other_continues(llama, prompts):
@@ -293,7 +296,7 @@ def test_eos_stops_one_row_while_the_other_continues(llama, prompts):
     assert choice, f"no usable eos token in {greedy.tolist()}"
     stop, pos, eos = choice
     pad = (eos + 1) % VOCAB
-    got = D.generate(runner, prompt, max_new_tokens=NEW, eos_token_id=eos, pad_token_id=pad)
+    got = G.generate(runner, prompt, max_new_tokens=NEW, eos_token_id=eos, pad_token_id=pad)
     ref = _eager_generate(model, prompt, max_new_tokens=NEW, eos_token_id=eos, pad_token_id=pad)
     assert torch.equal(got, ref)
     new = got[:, PROMPT:]
@@ -302,11 +305,11 @@ def test_eos_stops_one_row_while_the_other_continues(llama, prompts):
     assert (new[stop, pos + 1 :] == pad).all()
     assert torch.equal(new[1 - stop], greedy[1 - stop])
     # eos as a list, and min_new_tokens holding eos back
-    got = D.generate(runner, prompt, max_new_tokens=NEW, eos_token_id=[VOCAB - 1, eos], pad_token_id=pad, min_new_tokens=pos + 2)
+    got = G.generate(runner, prompt, max_new_tokens=NEW, eos_token_id=[VOCAB - 1, eos], pad_token_id=pad, min_new_tokens=pos + 2)
     ref = _eager_generate(model, prompt, max_new_tokens=NEW, eos_token_id=[VOCAB - 1, eos], pad_token_id=pad, min_new_tokens=pos + 2)
     assert torch.equal(got, ref)
     # every row finished: generation ends early, like transformers
-    both = D.generate(runner, prompt, max_new_tokens=NEW, eos_token_id=greedy[:, 0].tolist(), pad_token_id=pad)
+    both = G.generate(runner, prompt, max_new_tokens=NEW, eos_token_id=greedy[:, 0].tolist(), pad_token_id=pad)
     assert both.shape == (BATCH, PROMPT + 1)
 
 
@@ -314,57 +317,57 @@ def test_sampling_reproducible_and_like_transformers(llama, prompts):
     model, _, _, runner = llama
     prompt = prompts[0]
     opts = dict(do_sample=True, temperature=5.0, top_k=0, max_new_tokens=24)
-    a = D.generate(runner, prompt, generator=torch.Generator().manual_seed(0), **opts)
-    b = D.generate(runner, prompt, generator=torch.Generator().manual_seed(0), **opts)
-    c = D.generate(runner, prompt, generator=torch.Generator().manual_seed(1), **opts)
+    a = G.generate(runner, prompt, generator=torch.Generator().manual_seed(0), **opts)
+    b = G.generate(runner, prompt, generator=torch.Generator().manual_seed(0), **opts)
+    c = G.generate(runner, prompt, generator=torch.Generator().manual_seed(1), **opts)
     assert torch.equal(a, b)
     assert not torch.equal(a, c)
-    greedy = D.generate(runner, prompt, max_new_tokens=24)
+    greedy = G.generate(runner, prompt, max_new_tokens=24)
     assert not torch.equal(a, greedy)
     torch.manual_seed(42)
-    d = D.generate(runner, prompt, **opts)
+    d = G.generate(runner, prompt, **opts)
     torch.manual_seed(42)
-    assert torch.equal(d, D.generate(runner, prompt, **opts))
+    assert torch.equal(d, G.generate(runner, prompt, **opts))
     # same draws as transformers for the same seed (same warpers, same torch.multinomial)
     opts = dict(do_sample=True, temperature=1.5, top_k=20, top_p=0.9, max_new_tokens=24)
     torch.manual_seed(3)
     ref = _eager_generate(model, prompt, **opts)
     torch.manual_seed(3)
-    assert torch.equal(D.generate(runner, prompt, **opts), ref)
+    assert torch.equal(G.generate(runner, prompt, **opts), ref)
 
 
 def test_errors_before_any_work(llama, prompts, monkeypatch):
     _, _, _, runner = llama
     calls = []
-    monkeypatch.setattr(runner, "_forward", lambda *a, **k: calls.append(a))
+    monkeypatch.setattr(runner, "forward", lambda *a, **k: calls.append(a))
 
-    with pytest.raises(D.StaticShapeError, match=r"input batch size 3 != compiled batch_size 2"):
-        D.generate(runner, torch.zeros(3, 4, dtype=torch.long), max_new_tokens=2)
-    with pytest.raises(D.StaticShapeError) as info:
-        D.generate(runner, prompts[0], max_new_tokens=SEQ)
+    with pytest.raises(G.StaticShapeError, match=r"input batch size 3 != compiled batch_size 2"):
+        G.generate(runner, torch.zeros(3, 4, dtype=torch.long), max_new_tokens=2)
+    with pytest.raises(G.StaticShapeError) as info:
+        G.generate(runner, prompts[0], max_new_tokens=SEQ)
     message = str(info.value)
     assert f"prompt length {PROMPT}" in message and f"sequence_length {SEQ}" in message
     assert f"max_new_tokens={SEQ - PROMPT}" in message and f"sequence_length >= {PROMPT + SEQ}" in message
-    with pytest.raises(D.StaticShapeError, match="no room"):
-        D.generate(runner, torch.zeros(BATCH, SEQ, dtype=torch.long), max_new_tokens=1)
-    with pytest.raises(D.UnsupportedGenerationOption, match=r"num_beams=4.*supported options: .*max_new_tokens"):
-        D.generate(runner, prompts[0], num_beams=4, max_new_tokens=2)
-    with pytest.raises(D.UnsupportedGenerationOption, match="repetition_penalty=1.3"):
-        D.generate(runner, prompts[0], repetition_penalty=1.3, max_new_tokens=2)
-    with pytest.raises(D.UnsupportedGenerationOption, match="streamer"):
-        D.generate(runner, prompts[0], streamer=object(), max_new_tokens=2)
+    with pytest.raises(G.StaticShapeError, match="no room"):
+        G.generate(runner, torch.zeros(BATCH, SEQ, dtype=torch.long), max_new_tokens=1)
+    with pytest.raises(G.UnsupportedGenerationOption, match=r"num_beams=4.*supported options: .*max_new_tokens"):
+        G.generate(runner, prompts[0], num_beams=4, max_new_tokens=2)
+    with pytest.raises(G.UnsupportedGenerationOption, match="repetition_penalty=1.3"):
+        G.generate(runner, prompts[0], repetition_penalty=1.3, max_new_tokens=2)
+    with pytest.raises(G.UnsupportedGenerationOption, match="streamer"):
+        G.generate(runner, prompts[0], streamer=object(), max_new_tokens=2)
     mask = torch.ones_like(prompts[0])
     mask[0, :2] = 0
-    with pytest.raises(D.PaddingNotSupported, match="equal-length prompts"):
-        D.generate(runner, prompts[0], attention_mask=mask, max_new_tokens=2)
+    with pytest.raises(G.PaddingNotSupported, match="equal-length prompts"):
+        G.generate(runner, prompts[0], attention_mask=mask, max_new_tokens=2)
     with pytest.raises(ValueError, match="temperature"):
-        D.generate(runner, prompts[0], do_sample=True, temperature=0.0, max_new_tokens=2)
+        G.generate(runner, prompts[0], do_sample=True, temperature=0.0, max_new_tokens=2)
     with pytest.raises(ValueError, match="token ids in"):
-        D.generate(runner, torch.full((BATCH, 3), VOCAB), max_new_tokens=2)
+        G.generate(runner, torch.full((BATCH, 3), VOCAB), max_new_tokens=2)
     assert calls == []
     # an all-ones mask is fine
     monkeypatch.undo()
-    assert D.generate(runner, prompts[0], attention_mask=mask.fill_(1), max_new_tokens=2).shape == (BATCH, PROMPT + 2)
+    assert G.generate(runner, prompts[0], attention_mask=mask.fill_(1), max_new_tokens=2).shape == (BATCH, PROMPT + 2)
 
 
 # --------------------------------------------------------------------------- what cannot be exported
@@ -420,10 +423,10 @@ def test_unexportable_decoders_fail_clearly(tmp_path):
 def test_greedy_agreement_metrics():
     ref = torch.tensor([[1, 2, 3, 4, 5], [1, 2, 3, 4, 5]])
     got = torch.tensor([[1, 2, 3, 9, 5], [1, 2, 3, 4, 5]])
-    m = D.greedy_agreement(ref, got, prompt_length=1)
+    m = verify.greedy_agreement(ref, got, prompt_length=1)
     assert m["agreement_length"] == 2 and m["agreement_length_per_row"] == [2, 4]
     assert m["compared_tokens"] == 4 and m["agreement_rate"] == pytest.approx(0.75)
     assert m["token_match_rate"] == pytest.approx(7 / 8) and m["exact"] is False
-    assert D.greedy_agreement(ref, ref)["exact"] is True
-    short = D.greedy_agreement(ref, ref[:, :3])  # an early eos: compared up to the shorter
+    assert verify.greedy_agreement(ref, ref)["exact"] is True
+    short = verify.greedy_agreement(ref, ref[:, :3])  # an early eos: compared up to the shorter
     assert short["agreement_length"] == 3 and short["exact"] is False

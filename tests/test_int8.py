@@ -58,7 +58,7 @@ def test_int8_impossible_cosine_fails_with_the_metric_named(tiny_models, tmp_pat
 def test_calibration_inputs_keep_shapes_and_masks_but_not_the_verification_ids():
     import torch
 
-    from pipeline import quantize
+    from pipeline.backends.inductor import int8 as quantize
 
     ids = torch.randint(5, 100, (2, 8))
     mask = torch.ones(2, 8, dtype=torch.int64)
@@ -83,7 +83,8 @@ def test_minilm_int8_export_keeps_pooled_cosine_and_passes_the_gate(monkeypatch)
     import torch
     from transformers import AutoTokenizer
 
-    from pipeline import quantize, tasks, verify
+    from pipeline import tasks, verify
+    from pipeline.backends.inductor import int8 as quantize
     from pipeline.backends.inductor import OutputsAsTuple
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")

@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 from pipeline import keys
 from pipeline.backends import get_backend
 from pipeline.backends import inductor as inductor_mod
-from pipeline.models import ModelInfo
+from pipeline.model_entries import ModelInfo
 from pipeline.plan import build_spec
 from pipeline.tasks import TASKS
 

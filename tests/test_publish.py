@@ -35,7 +35,8 @@ def _hub_client_online():
         yield
 
 
-from pipeline import keys, publish  # noqa: E402
+from pipeline import hub as hub_client  # noqa: E402
+from pipeline import keys, publish, shared_cache  # noqa: E402
 from pipeline.cache import Cache  # noqa: E402
 
 ONE_JOB = ["matrix.models=[tiny-bert]", "matrix.cast_types=[fp32]", "matrix.shapes=[{batch_size:1,sequence_length:16}]"]
@@ -137,7 +138,7 @@ def test_publish_hub_end_to_end_and_load_in_fresh_process(built, hub, tmp_path):
     files = set(api.list_repo_files(VARIANT_REPO))
     assert {"README.md", "config.json", "model.pt2", "manifest.json", "tokenizer.json"} <= files
     assert not any(f.startswith("logs/") for f in files)
-    prefix = publish.cache_path(built["jobs"][0]["spec"], row["key"])
+    prefix = shared_cache.cache_path(built["jobs"][0]["spec"], row["key"])
     assert prefix.startswith("inductor-cpu-") and prefix.endswith(f"/{row['key'][:2]}/{row['key']}")
     assert api.file_exists(CACHE_REPO, f"{prefix}/manifest.json") and api.file_exists(CACHE_REPO, f"{prefix}/model.pt2")
 
@@ -173,13 +174,13 @@ def test_publish_hub_end_to_end_and_load_in_fresh_process(built, hub, tmp_path):
 def test_push_folder_is_one_idempotent_commit(built, hub):
     folder = Cache(built["cache"]).entry_dir(built["jobs"][0]["key"])
     api = api_for(hub.url)
-    first = publish.push_folder(folder, "push/tiny", api=api, commit_message="push")
+    first = hub_client.push_folder(folder, "push/tiny", api=api, commit_message="push")
     assert first.committed and "model.pt2" in first.added and not any(p.startswith("logs/") for p in first.added)
     assert api.repo_info("push/tiny").sha == first.oid
-    again = publish.push_folder(folder, "push/tiny", api=api)
+    again = hub_client.push_folder(folder, "push/tiny", api=api)
     assert not again.committed and again.oid == first.oid and hub.commits("push/tiny") == 1
-    with pytest.raises(publish.PublishError) as e:
-        publish.push_folder(folder, "push/tiny2", api=api_for(hub.url, "hf_bad_token_value_999"))
+    with pytest.raises(hub_client.PublishError) as e:
+        hub_client.push_folder(folder, "push/tiny2", api=api_for(hub.url, "hf_bad_token_value_999"))
     assert "hf auth login" in str(e.value) and "push/tiny2" in str(e.value) and "hf_bad_token_value_999" not in str(e.value)
 
 
@@ -194,7 +195,7 @@ def test_second_run_with_empty_cache_takes_the_shared_cache_and_commits_nothing(
     entry = Path(row["artifact"])
     assert entry.parent.parent == cache and not (entry / "logs").exists()
     manifest = json.loads((entry / "manifest.json").read_text())
-    assert manifest["fetched_from"]["path"] == publish.cache_path(manifest["spec"], row["key"])
+    assert manifest["fetched_from"]["path"] == shared_cache.cache_path(manifest["spec"], row["key"])
     assert Cache(cache).lookup(row["key"])[0] == entry
     # re-publishing the unchanged (fetched) variant makes no commit anywhere
     assert row["published"]["status"] == "unchanged" and row["published"]["commit"] == built["report"]["jobs"][0]["published"]["commit"]
@@ -250,11 +251,11 @@ def test_dry_run_pushes_nothing_and_local_writes_the_layout(built, hub, tmp_path
     key = row["key"]
     repo_dir = out / "compiled" / "tiny-bert-inductor-fp32-b1-s16"
     assert {p.name for p in repo_dir.iterdir()} >= {"README.md", "config.json", "model.pt2", "manifest.json"}
-    entry = out / "cache" / publish.cache_path(built["jobs"][0]["spec"], key)
+    entry = out / "cache" / shared_cache.cache_path(built["jobs"][0]["spec"], key)
     assert (entry / "manifest.json").is_file() and (entry / "model.pt2").is_file() and not (entry / "logs").exists()
     assert row["published"]["path"] == str(repo_dir)
     # and the local shared cache serves an empty local cache
-    folder, why = publish.fetch_from_shared_cache(key, built["jobs"][0]["spec"], Cache(tmp_path / "empty"), {"name": "local", "dir": str(out), "cache_repo": None})
+    folder, why = shared_cache.fetch(key, built["jobs"][0]["spec"], Cache(tmp_path / "empty"), {"name": "local", "dir": str(out), "cache_repo": None})
     assert why is None and (folder / "model.pt2").read_bytes() == (entry / "model.pt2").read_bytes()
 
 
@@ -296,7 +297,7 @@ def test_wrong_token_fails_clearly_without_leaking_it(built, hub, tmp_path):
 def test_scrub_hides_the_token(monkeypatch):
     monkeypatch.setenv("HF_TOKEN", "hf_secret_value_42")
     err = RuntimeError("401 for url with Authorization: Bearer hf_secret_value_42 and hf_secret_value_42")
-    text = publish.scrub(err)
+    text = hub_client.scrub(err)
     assert "hf_secret_value_42" not in text and "***" in text
 
 
@@ -305,7 +306,7 @@ def test_server_killed_mid_publish_then_rerun_completes(built, tmp_path):
     srv = HubProc(root)
     cache = copy_cache(built, tmp_path / "cache")
     key = built["jobs"][0]["key"]
-    prefix = publish.cache_path(built["jobs"][0]["spec"], key)
+    prefix = shared_cache.cache_path(built["jobs"][0]["spec"], key)
     srv.faults(commit_delay_s=5.0)
     env = hub_env(srv.url, tmp_path)
     args = [sys.executable, "-m", "pipeline", *ONE_JOB, f"cache.dir={cache}", f"report.dir={tmp_path / 'runs'}", *hub_args("kill", "kill/cache")]
@@ -366,7 +367,7 @@ def test_two_publishers_same_cache_repo_at_once(built, hub, tmp_path):
     assert len(results) == 2 and all(r["status"] == "passed" for r in results), [r.get("error") for r in results]
     files = set(api_for(hub.url).list_repo_files("conc/cache"))
     for row, job in variants:
-        assert f"{publish.cache_path(job['spec'], job['key'])}/manifest.json" in files
+        assert f"{shared_cache.cache_path(job['spec'], job['key'])}/manifest.json" in files
     stats = hub.stats()
     assert stats["commits"]["conc/cache"] == 2
     assert stats["commit_requests"]["conc/cache"] >= 2
@@ -381,28 +382,28 @@ def test_tampered_shared_entry_is_detected_and_not_used(built, hub, tmp_path):
     publish.publish_rows(rows, built["jobs"], cfg)
     assert rows[0]["status"] == "passed"
     job = built["jobs"][0]
-    prefix = publish.cache_path(job["spec"], job["key"])
+    prefix = shared_cache.cache_path(job["spec"], job["key"])
     good = (Cache(built["cache"]).entry_dir(job["key"]) / "model.pt2").read_bytes()
     bad = bytearray(good)
     bad[len(bad) // 2] ^= 0xFF
     api_for(hub.url).create_commit("tamper/cache", [CommitOperationAdd(f"{prefix}/model.pt2", bytes(bad))], commit_message="evil")
 
     empty = Cache(tmp_path / "empty")
-    folder, why = publish.fetch_from_shared_cache(job["key"], job["spec"], empty, cfg["publish"])
+    folder, why = shared_cache.fetch(job["key"], job["spec"], empty, cfg["publish"])
     assert folder is None and "model.pt2" in why and "integrity" in why
     assert empty.status(job["key"]) == "miss" and not list((tmp_path / "empty" / ".tmp").iterdir())
 
     # and a key the shared cache does not have is a plain miss
-    assert publish.fetch_from_shared_cache("0" * 64, job["spec"], empty, cfg["publish"]) == (None, None)
+    assert shared_cache.fetch("0" * 64, job["spec"], empty, cfg["publish"]) == (None, None)
 
 
 def test_platform_tag_and_batches():
     spec = {"backend": {"name": "inductor", "options": {"device": "cuda"}},
             "toolchain": {"torch": "2.13.0+cu128", "platform": {"arch": "x86_64", "cpu_capability": "AVX512", "gpu_arch": "sm_90 NVIDIA H100"}}}
-    assert publish.platform_tag(spec) == "inductor-cuda-x86_64-sm_90-torch2.13.0"
+    assert shared_cache.platform_tag(spec) == "inductor-cuda-x86_64-sm_90-torch2.13.0"
     spec = {"backend": {"name": "neuron", "options": {}}, "toolchain": {"neuronx-cc": "2.21.33363.0", "target": "trn1"}}
-    assert publish.platform_tag(spec) == "neuron-trn1-neuronx-cc2.21.33363.0"
-    assert publish.cache_path(spec, "ab" + "0" * 62) == f"neuron-trn1-neuronx-cc2.21.33363.0/ab/ab{'0' * 62}"
+    assert shared_cache.platform_tag(spec) == "neuron-trn1-neuronx-cc2.21.33363.0"
+    assert shared_cache.cache_path(spec, "ab" + "0" * 62) == f"neuron-trn1-neuronx-cc2.21.33363.0/ab/ab{'0' * 62}"
 
     class V:  # a variant is never split across commits; <= 100 files per commit
         def __init__(self, n):

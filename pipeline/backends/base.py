@@ -6,7 +6,7 @@ A backend is light to import: heavy imports (torch, torch_neuronx, ...) happen i
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Callable, ClassVar
+from typing import Any, Callable, ClassVar, Protocol, runtime_checkable
 
 
 class BackendUnavailable(RuntimeError):
@@ -25,6 +25,15 @@ class Backend:
     def spec_options(self) -> dict[str, Any]:
         """The options as they belong in a spec (and key): those that change the compiled bytes."""
         return {k: v for k, v in self.options.items() if k != "name"}
+
+    def quantization(self, cast_type: str) -> dict[str, Any] | None:
+        """The quantization recipe (and its library's version) that decides the bytes of
+        `cast_type`, for the spec; None when the cast type is not quantized."""
+        return None
+
+    def warm_up(self) -> None:
+        """Import what compile and load need (torch, the compiler): a standby process calls it
+        before its job is known, so the job does not wait for the imports."""
 
     def available(self) -> str | None:
         """None when this backend can compile here, else a one-line reason."""
@@ -53,3 +62,23 @@ class Backend:
         """Load an artifact folder written by `compile`; returns a callable taking the
         model's input tensors as keyword arguments and returning a dict of output tensors."""
         raise NotImplementedError
+
+
+@runtime_checkable
+class DecoderRuntime(Protocol):
+    """What a backend's `load` returns for text-generation, whatever the engine underneath:
+    `pipeline.generation.generate()` and verification drive every backend through it.
+
+    A static-shape causal LM with its KV cache inside: `forward(input_ids, cache_position)`
+    runs `input_ids` (batch_size, n) at positions `cache_position` (n,), contiguous from
+    cache_position[0] (a prefill from 0, or one decode step), and returns logits
+    (batch_size, n, vocab_size), or (batch_size, 1, vocab_size) for engines that compute the
+    last position only. `generation_config`: the artifact's generation defaults or None."""
+
+    batch_size: int
+    sequence_length: int
+    vocab_size: int
+    device: Any
+    generation_config: Any
+
+    def forward(self, input_ids: Any, cache_position: Any) -> Any: ...

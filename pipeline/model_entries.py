@@ -1,6 +1,8 @@
-"""Model entries: where a model lives, its config.json facts, and the revision that keys it.
+"""Model entries: id and revision rules, where a model lives, its config.json facts, and the
+revision that keys it (a Hub commit sha, or a content hash of a local folder's files).
 
-Only config.json is ever read here, never weights, so planning stays fast and offline-safe.
+No model is ever loaded here. A Hub model costs one config.json read; a local folder's key
+reads its files' bytes once (the content hash), and again only when a file changed.
 """
 from __future__ import annotations
 
@@ -13,7 +15,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from omegaconf import OmegaConf
+
+from pipeline.config import ModelEntry
+from pipeline.tasks import TASKS, canonical_task
+
+CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
 COMMIT_SHA = re.compile(r"^[0-9a-f]{40}$")
+# config.json keys that hold a model's maximum number of positions, in order of preference.
+MAX_POSITION_KEYS = ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length", "n_ctx")
 # Files whose bytes decide the compiled artifact (weights, configs, tokenizer).
 CONTENT_SUFFIXES = (".json", ".safetensors", ".txt", ".model")
 
@@ -38,15 +48,21 @@ class ModelInfo:
 
     @property
     def max_positions(self) -> int | None:
-        c = self.config or {}
-        for k in ("max_position_embeddings", "n_positions", "max_sequence_length", "n_ctx"):
-            if isinstance(c.get(k), int):
-                return c[k]
-        return self.max_positions_declared
+        found = max_positions(self.config or {})
+        return found if found is not None else self.max_positions_declared
 
     def spec_model(self) -> dict:
         """The model part of a spec: id and the commit sha or content hash."""
         return {"id": self.id if not self.local else f"local:{Path(self.id).name}", "revision": resolve_revision(self)}
+
+
+def max_positions(config: Any) -> int | None:
+    """The maximum number of positions of a config.json dict (or a transformers config), or None."""
+    for k in MAX_POSITION_KEYS:
+        v = config.get(k) if isinstance(config, dict) else getattr(config, k, None)
+        if isinstance(v, int) and not isinstance(v, bool) and v > 0:
+            return v
+    return None
 
 
 def validation_job(model: "ModelInfo", shapes: dict, cast_type: str, auto_cast: str, dynamic_batch_size: bool) -> dict:
@@ -56,7 +72,59 @@ def validation_job(model: "ModelInfo", shapes: dict, cast_type: str, auto_cast: 
 
 
 def offline() -> bool:
-    return os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes")
+    """The one offline switch for the whole package: HF_HUB_OFFLINE read at call time, or
+    huggingface_hub's own constant (fixed when the library was first imported): when either
+    says offline, nothing tries the network, so the two can never disagree in effect."""
+    from huggingface_hub import constants
+
+    return constants.HF_HUB_OFFLINE or os.environ.get("HF_HUB_OFFLINE", "0").strip().lower() in ("1", "true", "yes", "on")
+
+
+HUB_ID = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9._-]{0,94}[A-Za-z0-9])?(?:/[A-Za-z0-9](?:[A-Za-z0-9._-]{0,94}[A-Za-z0-9])?)?$")
+REVISION = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._/-]{0,127}$")
+
+
+def is_local_id(model_id: str) -> bool:
+    return model_id.startswith(("/", "./", "../", "~")) or Path(model_id).is_dir()
+
+
+def check_model_id(model_id: str) -> str | None:
+    """None when the id is a safe Hub repo id or an existing local model folder, else why not."""
+    if not model_id:
+        return "must not be empty"
+    if is_local_id(model_id):
+        p = Path(model_id).expanduser()
+        if not p.is_dir():
+            return f"local model folder {model_id!r} does not exist (run `make tiny-models` for the smoke models)"
+        if not (p / "config.json").is_file():
+            return f"local model folder {model_id!r} has no config.json"
+        return None
+    if ".." in model_id or "--" in model_id or not HUB_ID.match(model_id):
+        return f"{model_id!r} is not a valid Hub repo id (expected 'name' or 'org/name' of letters, digits, '-', '_', '.')"
+    return None
+
+
+def check_revision(revision: str) -> str | None:
+    if ".." in revision or not REVISION.match(revision) or revision.endswith("/"):
+        return f"{revision!r} is not a valid revision (branch, tag or 40-hex commit sha)"
+    return None
+
+
+def load_model_file(name: str) -> dict | None:
+    path = CONFIG_DIR / "model" / f"{name}.yaml"
+    if not path.is_file() or "/" in name or "\\" in name:
+        return None
+    data = OmegaConf.to_container(OmegaConf.load(path), resolve=True)
+    data.setdefault("name", name)
+    return data
+
+
+def model_files() -> list[str]:
+    return sorted(p.stem for p in (CONFIG_DIR / "model").glob("*.yaml"))
+
+
+# Position embeddings these model types reserve for the padding offset.
+POSITION_OFFSET = {"roberta": 2, "xlm-roberta": 2, "camembert": 2, "longformer": 2}
 
 
 def read_config(model_id: str, local: bool, revision: str | None) -> dict | None:
@@ -80,36 +148,54 @@ def read_config(model_id: str, local: bool, revision: str | None) -> dict | None
         return None
 
 
+def _content_files(folder: Path) -> list[Path]:
+    return [p for p in sorted(folder.rglob("*")) if p.is_file() and p.suffix in CONTENT_SUFFIXES
+            and not any(part.startswith(".") for part in p.relative_to(folder).parts)]
+
+
+def _signature(files: list[Path]) -> tuple:
+    """Names, sizes and mtimes: a change to any file of the folder changes it."""
+    return tuple((str(p), st.st_size, st.st_mtime_ns) for p in files for st in [p.stat()])
+
+
+_hashed: dict[str, tuple[tuple, str]] = {}
+
+
 def content_hash(folder: Path) -> str:
-    """sha256 over the names and bytes of the files that decide a local model's artifact."""
+    """sha256 over the names and bytes of the files that decide a local model's artifact.
+
+    Remembered per folder for as long as no file's name, size or mtime changes, so a plan of
+    many jobs hashes a folder once, and an edited folder gets a new hash in the same process."""
+    files = _content_files(folder)
+    signature = _signature(files)
+    memo = _hashed.get(str(folder))
+    if memo is not None and memo[0] == signature:
+        return memo[1]
     h = hashlib.sha256()
-    for p in sorted(folder.rglob("*")):
-        if p.is_file() and p.suffix in CONTENT_SUFFIXES and not any(part.startswith(".") for part in p.relative_to(folder).parts):
-            h.update(p.relative_to(folder).as_posix().encode() + b"\0")
-            with p.open("rb") as f:
-                for chunk in iter(lambda: f.read(1 << 20), b""):
-                    h.update(chunk)
-            h.update(b"\0")
-    return "sha256:" + h.hexdigest()
+    for p in files:
+        h.update(p.relative_to(folder).as_posix().encode() + b"\0")
+        with p.open("rb") as f:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                h.update(chunk)
+        h.update(b"\0")
+    out = "sha256:" + h.hexdigest()
+    _hashed[str(folder)] = (signature, out)
+    return out
 
 
-_resolved: dict[tuple[str, str | None], str] = {}
+_resolved: dict[tuple[str, str | None], str] = {}  # Hub (id, revision) -> commit sha
 
 
 def resolve_revision(model: ModelInfo) -> str:
     """Commit sha (Hub) or content hash (local folder). Never a silent guess: a branch name
     that cannot be resolved raises RevisionError naming the model."""
+    if model.local:
+        return content_hash(Path(model.path))
     memo = (model.path, model.revision)
     if memo in _resolved:
         return _resolved[memo]
-    if model.local:
-        out = content_hash(Path(model.path))
-    else:
-        rev = model.revision or "main"
-        if COMMIT_SHA.match(rev):
-            out = rev
-        else:
-            out = _sha_from_hf_cache(model.id, rev) or _sha_from_hub(model.id, rev)
+    rev = model.revision or "main"
+    out = rev if COMMIT_SHA.match(rev) else _sha_from_hf_cache(model.id, rev) or _sha_from_hub(model.id, rev)
     _resolved[memo] = out
     return out
 
@@ -140,9 +226,6 @@ def _sha_from_hub(model_id: str, rev: str) -> str:
 
 def entry_from(item: Any, path: str, errors: list[str]) -> ModelInfo | None:
     """A matrix model item (file name or inline dict) -> ModelInfo, appending errors."""
-    from pipeline.config import check_model_id, check_revision, is_local_id, load_model_file, model_files
-    from pipeline.tasks import TASKS, canonical_task
-
     if isinstance(item, str):
         data = load_model_file(item)
         if data is None:
@@ -153,7 +236,7 @@ def entry_from(item: Any, path: str, errors: list[str]) -> ModelInfo | None:
     else:
         errors.append(f"{path}: expected a model name or a mapping {{id, task, revision}}, got {item!r}")
         return None
-    known = {"id", "task", "revision", "name", "max_positions"}
+    known = set(ModelEntry.__dataclass_fields__)
     for k in data:
         if k not in known:
             near = difflib.get_close_matches(str(k), sorted(known), n=1)

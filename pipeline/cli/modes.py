@@ -2,20 +2,22 @@
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
-from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
 from pipeline import keys
-from pipeline.config import ConfigError, validate
+from pipeline.cache import Cache
+from pipeline.cli.console import console, err, print_advice
+from pipeline.cli.run import run
+from pipeline.merge import MergeError, merge_reports
+from pipeline.model_entries import RevisionError
+from pipeline.plan import combinations, plan, write_plan
+from pipeline.report import new_run_dir
+from pipeline.validate import ConfigError, validate
 
-# Wide enough for the plan table when piped (CI logs), the terminal's width otherwise.
-_width = None if sys.stdout.isatty() else 160
-console = Console(stderr=False, highlight=False, width=_width)
-err = Console(stderr=True, highlight=False, width=_width)
+NEEDS_NO_VALIDATION = ("gc", "explain", "merge")  # modes that read the cache or reports, not the matrix
 
 
 def dispatch(cfg: dict, model_choice: str | None = None) -> int:
@@ -23,7 +25,7 @@ def dispatch(cfg: dict, model_choice: str | None = None) -> int:
     if model_choice and isinstance(cfg.get("model"), dict):
         cfg["model"].setdefault("name", model_choice)  # +model=<file>: named like in matrix.models
     try:
-        resolved = validate(cfg) if cfg.get("mode") != "gc" and cfg.get("mode") != "explain" else None
+        resolved = validate(cfg) if cfg.get("mode") not in NEEDS_NO_VALIDATION else None
     except ConfigError as e:
         err.print(f"[bold red]config error[/] ({len(e.errors)} problem{'s' * (len(e.errors) != 1)}):")
         for line in e.errors:
@@ -31,8 +33,6 @@ def dispatch(cfg: dict, model_choice: str | None = None) -> int:
         return 2
     mode = cfg.get("mode", "run")
     if mode == "validate":
-        from pipeline.plan import combinations
-
         n = sum(1 for _ in combinations(resolved.cfg, resolved.models))
         console.print(f"config OK: {len(resolved.models)} models, {n} combinations (revisions are resolved by mode=plan/run)")
         return 0
@@ -42,15 +42,12 @@ def dispatch(cfg: dict, model_choice: str | None = None) -> int:
         return explain_mode(cfg)
     if mode == "gc":
         return gc_mode(cfg)
-    from pipeline.run import run
-
+    if mode == "merge":
+        return merge_mode(cfg)
     return run(resolved, _plan_or_exit(resolved))
 
 
 def _plan_or_exit(resolved) -> list[dict]:
-    from pipeline.models import RevisionError
-    from pipeline.plan import plan
-
     try:
         return plan(resolved)
     except RevisionError as e:
@@ -58,19 +55,7 @@ def _plan_or_exit(resolved) -> list[dict]:
         raise SystemExit(2)
 
 
-def print_advice(cfg: dict, jobs: list[dict]) -> None:
-    """The backend's notes for the planned cast types (e.g. bf16 emulated on this CPU)."""
-    from pipeline.backends import get_backend
-
-    for line in get_backend(cfg["backend"]["name"], cfg["backend"]).advice({j["cast_type"] for j in jobs}):
-        console.print(f"[yellow]note[/]: {escape(line)}", soft_wrap=True)
-
-
 def plan_mode(resolved) -> int:
-    from pipeline.cache import Cache
-    from pipeline.plan import write_plan
-    from pipeline.report import new_run_dir
-
     jobs = _plan_or_exit(resolved)
     cache = Cache(resolved.cfg["cache"]["dir"])
     table = Table(title=f"plan: {len(jobs)} jobs")
@@ -100,8 +85,6 @@ def plan_mode(resolved) -> int:
 
 def _known_specs(cfg: dict) -> dict[str, dict]:
     """key -> spec from the cache (entries, failures) and recent plans."""
-    from pipeline.cache import Cache
-
     cache = Cache(cfg["cache"]["dir"])
     out: dict[str, dict] = {}
     for entry in cache.entries():
@@ -168,9 +151,25 @@ def explain_mode(cfg: dict) -> int:
     return 0
 
 
-def gc_mode(cfg: dict) -> int:
-    from pipeline.cache import Cache
+def merge_mode(cfg: dict) -> int:
+    """Merge CI shards' reports (runs=DIR1,DIR2,...) into one report under report.dir."""
+    runs = [r.strip() for r in str(cfg.get("runs") or "").split(",") if r.strip()]
+    if not runs:
+        err.print("mode=merge needs runs=DIR1,DIR2,... (the shards' run folders, each with a report.json)")
+        return 2
+    out = new_run_dir(cfg["report"]["dir"])
+    try:
+        report = merge_reports([Path(r) for r in runs], out)
+    except MergeError as e:
+        err.print(f"[bold red]cannot merge[/]: {escape(str(e))}", soft_wrap=True)
+        return 2
+    s = report["summary"]
+    console.print(f"merged {len(runs)} runs: {s['jobs']} jobs, " + ", ".join(f"{v} {k}" for k, v in sorted(s.items())
+                  if k not in ("jobs", "ok")) + f"; reports in {out}", markup=False)
+    return 0 if s["ok"] else 1
 
+
+def gc_mode(cfg: dict) -> int:
     result = Cache(cfg["cache"]["dir"]).gc(int(cfg["cache"]["max_size_gb"] * 1e9), cfg["cache"]["stale_tmp_hours"])
     console.print(f"gc: removed {len(result['removed_entries'])} entries and {result['removed_tmp']} temp dirs; "
                   f"{result['kept']} entries kept, {result['size_bytes'] / 1e6:.1f} MB")

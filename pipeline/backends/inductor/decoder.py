@@ -16,7 +16,7 @@ in a row give the same ids as each one in a fresh process.
 
 Padding: the graph has no attention-mask input (the static-cache wrapper passes
 `attention_mask=None`), so padded positions would be attended to and change the outputs.
-`generate()` therefore accepts equal-length prompts only: `attention_mask` may be omitted or
+`pipeline.generation.generate()` therefore accepts equal-length prompts only: `attention_mask` may be omitted or
 all ones; a mask with zeros (left- or right-padding) raises `PaddingNotSupported`.
 
 The runner is stateful (it owns the cache): one generate() at a time per runner.
@@ -31,6 +31,9 @@ import os
 import time
 from pathlib import Path
 from typing import Any
+
+from pipeline.generation import StaticShapeError, generate
+from pipeline.model_entries import max_positions
 
 ARTIFACT_FILE = "model.pt2"
 META_FILE = "decoder.json"
@@ -51,48 +54,8 @@ _DTYPES = {
 }
 _SHORT_DTYPE = {"float32": "fp32", "bfloat16": "bf16", "float16": "fp16"}
 
-# What generate() implements. Everything else that changes the decoding is refused.
-SUPPORTED_GENERATION_OPTIONS = (
-    "max_length", "max_new_tokens", "min_length", "min_new_tokens",
-    "do_sample", "temperature", "top_k", "top_p",
-    "eos_token_id", "pad_token_id", "generator",
-)
-
-# Generation options that change the decoding, with the values that mean "off".
-_NEUTRAL = {
-    "num_beams": (None, 1), "num_beam_groups": (None, 1), "num_return_sequences": (None, 1),
-    "penalty_alpha": (None,), "diversity_penalty": (None, 0.0), "dola_layers": (None,),
-    "repetition_penalty": (None, 1.0), "encoder_repetition_penalty": (None, 1.0),
-    "no_repeat_ngram_size": (None, 0), "encoder_no_repeat_ngram_size": (None, 0),
-    "bad_words_ids": (None,), "force_words_ids": (None,), "constraints": (None,),
-    "sequence_bias": (None,), "typical_p": (None, 1.0), "epsilon_cutoff": (None, 0.0),
-    "eta_cutoff": (None, 0.0), "min_p": (None,), "top_h": (None,),
-    "forced_bos_token_id": (None,), "forced_eos_token_id": (None,),
-    "suppress_tokens": (None,), "begin_suppress_tokens": (None,),
-    "exponential_decay_length_penalty": (None,), "guidance_scale": (None, 1.0),
-    "watermarking_config": (None,), "stop_strings": (None,), "max_time": (None,),
-    "renormalize_logits": (None, False), "remove_invalid_values": (None, False),
-    "token_healing": (None, False), "output_scores": (None, False), "output_logits": (None, False),
-    "output_attentions": (None, False), "output_hidden_states": (None, False),
-    "return_dict_in_generate": (None, False), "prompt_lookup_num_tokens": (None,),
-    "assistant_early_exit": (None,), "use_mtp": (None, False), "prefill_chunk_size": (None,),
-}
-
-
 class DecoderExportError(RuntimeError):
     """The model cannot be compiled as a static-cache decoder; the message says why."""
-
-
-class StaticShapeError(ValueError):
-    """A generate() request does not fit the compiled batch size or sequence length."""
-
-
-class UnsupportedGenerationOption(ValueError):
-    """A generation option generate() does not implement (beam search, penalties, ...)."""
-
-
-class PaddingNotSupported(ValueError):
-    """Padded prompts (attention_mask with zeros): the compiled graph has no mask input."""
 
 
 # --------------------------------------------------------------------------- export
@@ -103,14 +66,6 @@ def _torch_dtype_name(dtype_name: str) -> str:
         return _DTYPES[str(dtype_name).lower()]
     except KeyError:
         raise ValueError(f"dtype {dtype_name!r} not supported; use one of {sorted(_DTYPES)}") from None
-
-
-def _max_positions(config: Any) -> int | None:
-    for name in ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length"):
-        value = getattr(config, name, None)
-        if isinstance(value, int) and value > 0:
-            return value
-    return None
 
 
 def _check_exportable(model: Any, batch_size: int, sequence_length: int) -> None:
@@ -140,7 +95,7 @@ def _check_exportable(model: Any, batch_size: int, sequence_length: int) -> None
         raise ValueError(f"batch_size must be an int >= 1, got {batch_size!r}")
     if not isinstance(sequence_length, int) or sequence_length < 2:
         raise ValueError(f"sequence_length must be an int >= 2 (prompt + generated tokens), got {sequence_length!r}")
-    max_pos = _max_positions(text_config)
+    max_pos = max_positions(text_config)
     if max_pos is not None and sequence_length > max_pos:
         raise DecoderExportError(
             f"sequence_length={sequence_length} exceeds {arch}'s max_position_embeddings={max_pos}; "
@@ -351,7 +306,8 @@ def export_decoder(
 
 
 class DecoderRunner:
-    """A loaded compiled decoder: runner(input_ids, cache_position) -> logits.
+    """A loaded compiled decoder, a `DecoderRuntime`: forward(input_ids, cache_position) -> logits
+    over every given position; calling it does the same after checking the shapes.
 
     Stateful: the KV cache lives inside the compiled package. Attributes batch_size,
     sequence_length, vocab_size, dtype, device and generation_config (the folder's
@@ -369,7 +325,6 @@ class DecoderRunner:
         self.dtype = meta.get("dtype", "fp32")
         self.device = torch.device(meta.get("device", "cpu"))
         self.generation_config = generation_config
-        self._positions = torch.arange(self.sequence_length, dtype=torch.long, device=self.device)
 
     def __call__(self, input_ids: Any, cache_position: Any) -> Any:
         import torch
@@ -390,9 +345,9 @@ class DecoderRunner:
             raise StaticShapeError(
                 f"cache_position {start}..{start + n - 1} is outside the compiled cache 0..{self.sequence_length - 1}"
             )
-        return self._forward(input_ids, cache_position)
+        return self.forward(input_ids, cache_position)
 
-    def _forward(self, input_ids: Any, cache_position: Any) -> Any:
+    def forward(self, input_ids: Any, cache_position: Any) -> Any:
         # Only cache_position[0] matters to the graph: positions are contiguous from there.
         # The compiled kernels assume contiguous inputs: a strided view (prompt[:, :1]) would
         # be read as if it were dense, silently giving other rows' tokens.
@@ -445,278 +400,3 @@ def load_decoder(folder: Path | str, compile_config: dict | None = None) -> Deco
     return DecoderRunner(package, compile_config, generation_config, folder=folder)
 
 
-# --------------------------------------------------------------------------- generate
-
-
-def _as_id_list(value: Any) -> list[int] | None:
-    if value is None:
-        return None
-    if hasattr(value, "tolist"):
-        value = value.tolist()
-    if isinstance(value, int):
-        return [value]
-    ids = [int(v) for v in value]
-    return ids or None
-
-
-def _resolve_generation_config(runner_defaults: Any, generation_config: Any, kwargs: dict) -> tuple[Any, dict]:
-    """transformers' precedence: call kwargs > `generation_config` argument > the folder's
-    generation_config.json > transformers' global defaults. Returns the merged config and,
-    for max_length / max_new_tokens, who set it: "call" (kwargs or the argument), "model"
-    (generation_config.json) or None (global default)."""
-    from transformers import GenerationConfig
-
-    sources: dict[str, str | None] = {}
-    for name in ("max_length", "max_new_tokens"):
-        if kwargs.get(name) is not None or getattr(generation_config, name, None) is not None:
-            sources[name] = "call"
-        elif getattr(runner_defaults, name, None) is not None:
-            sources[name] = "model"
-        else:
-            sources[name] = None
-    config = copy.deepcopy(generation_config) if generation_config is not None else GenerationConfig()
-    if runner_defaults is not None:
-        config.update(**runner_defaults.to_dict(), defaults_only=True)
-    # A length the caller asked for beats a length from the folder's defaults, whichever of
-    # the two names each used (transformers would let a default max_new_tokens win).
-    if sources["max_length"] == "call" and sources["max_new_tokens"] == "model":
-        config.max_new_tokens = None
-        sources["max_new_tokens"] = None
-    config.update(**GenerationConfig._get_default_generation_params(), defaults_only=True)
-    unknown = config.update(**kwargs)
-    if unknown:
-        raise UnsupportedGenerationOption(
-            f"generate() does not support argument(s) {sorted(unknown)}; "
-            f"supported: {', '.join(SUPPORTED_GENERATION_OPTIONS)}"
-        )
-    return config, sources
-
-
-def _unsupported_options(config: Any) -> list[str]:
-    problems = []
-    for name, neutral in _NEUTRAL.items():
-        value = getattr(config, name, None)
-        try:
-            if value in neutral:
-                continue
-        except Exception:  # values that do not compare (tensors, objects)
-            pass
-        problems.append(f"{name}={value!r}")
-    return problems
-
-
-def _warp_for_sampling(scores: Any, temperature: float, top_k: int, top_p: float) -> Any:
-    """Temperature, top-k, top-p: same order and semantics as transformers' logits warpers."""
-    import torch
-
-    if temperature != 1.0:
-        scores = scores / temperature
-    if top_k:
-        k = min(max(int(top_k), 1), scores.shape[-1])
-        kth = torch.topk(scores, k)[0][..., -1, None]
-        scores = scores.masked_fill(scores < kth, -float("inf"))
-    if top_p < 1.0:
-        sorted_logits, sorted_indices = torch.sort(scores, descending=False)
-        cumulative = sorted_logits.softmax(dim=-1).cumsum(dim=-1)
-        sorted_remove = cumulative <= (1 - top_p)
-        sorted_remove[..., -1:] = False
-        remove = sorted_remove.scatter(1, sorted_indices, sorted_remove)
-        scores = scores.masked_fill(remove, -float("inf"))
-    return scores
-
-
-def generate(runner: DecoderRunner, input_ids: Any, attention_mask: Any = None, generation_config: Any = None, **kwargs: Any) -> Any:
-    """A transformers-like generate() over a compiled static-cache decoder.
-
-    Greedy or sampling (do_sample, temperature, top_k, top_p), min_length / min_new_tokens,
-    max_length / max_new_tokens, eos_token_id (int or list: a finished row is filled with
-    pad_token_id while the others continue; generation ends when all rows are finished).
-    Defaults come from the runner's generation_config.json, then transformers' global
-    defaults (20 new tokens, greedy, top_k=50); call kwargs take precedence over a
-    `generation_config` argument, which takes precedence over the folder's defaults.
-    Sampling draws with torch.multinomial: reproducible with `generator=torch.Generator()`
-    or torch.manual_seed.
-
-    Static shapes: the batch must equal the compiled batch_size, and prompt + new tokens must
-    fit the compiled sequence_length. An explicit length request (kwargs or the
-    `generation_config` argument) that does not fit raises StaticShapeError; a length that
-    only comes from defaults is clamped to what fits (as transformers clamps its default to
-    max_position_embeddings). All checks happen before the first model call.
-    Returns a LongTensor (batch, prompt + generated) like transformers.
-    """
-    import torch
-
-    generator = kwargs.pop("generator", None)
-    config, sources = _resolve_generation_config(runner.generation_config, generation_config, kwargs)
-    problems = _unsupported_options(config)
-    if problems:
-        raise UnsupportedGenerationOption(
-            f"generate() on a compiled decoder does not support {', '.join(problems)}; "
-            f"supported options: {', '.join(SUPPORTED_GENERATION_OPTIONS)} (greedy or multinomial sampling, batch as compiled)"
-        )
-
-    # ---- inputs
-    if not isinstance(input_ids, torch.Tensor):
-        input_ids = torch.as_tensor(input_ids)
-    if input_ids.dim() != 2:
-        raise StaticShapeError(f"input_ids must be 2-D (batch, prompt_length), got shape {tuple(input_ids.shape)}")
-    if input_ids.dtype not in (torch.int64, torch.int32, torch.int16, torch.int8, torch.uint8):
-        raise ValueError(f"input_ids must be integer token ids, got dtype {input_ids.dtype}")
-    batch, prompt_len = input_ids.shape
-    if batch != runner.batch_size:
-        raise StaticShapeError(
-            f"input batch size {batch} != compiled batch_size {runner.batch_size}: pass exactly "
-            f"{runner.batch_size} prompts (pad the batch with dummy rows and drop their outputs), "
-            f"or compile a variant with batch_size={batch}"
-        )
-    if prompt_len < 1:
-        raise StaticShapeError("input_ids has no tokens: the prompt needs at least one token")
-    if attention_mask is not None:
-        attention_mask = torch.as_tensor(attention_mask)
-        if tuple(attention_mask.shape) != tuple(input_ids.shape):
-            raise ValueError(
-                f"attention_mask shape {tuple(attention_mask.shape)} != input_ids shape {tuple(input_ids.shape)}"
-            )
-        if not bool((attention_mask != 0).all()):
-            raise PaddingNotSupported(
-                "attention_mask has padded positions (zeros): the compiled decoder has no attention-mask input, "
-                "so padding would be attended to and change the results. Pass equal-length prompts (mask of ones), "
-                "or run prompts of different lengths as separate batches"
-            )
-    if int(input_ids.min()) < 0 or int(input_ids.max()) >= runner.vocab_size:
-        raise ValueError(f"input_ids must be token ids in [0, {runner.vocab_size}), got min {int(input_ids.min())} max {int(input_ids.max())}")
-
-    # ---- lengths
-    capacity = runner.sequence_length - prompt_len
-    if capacity < 1:
-        raise StaticShapeError(
-            f"prompt length {prompt_len} leaves no room to generate in the compiled sequence_length "
-            f"{runner.sequence_length} (prompt + new tokens): shorten the prompt to < {runner.sequence_length} "
-            f"tokens or compile with a larger sequence_length"
-        )
-    if config.max_new_tokens is not None:
-        source = "max_new_tokens"
-        new_tokens = int(config.max_new_tokens)
-    elif sources["max_length"] is not None:
-        source = "max_length"
-        new_tokens = int(config.max_length) - prompt_len
-    else:
-        source = None
-        new_tokens = 20  # transformers: with no length anywhere, 20 new tokens
-    requested_by_call = source is not None and sources[source] == "call"
-    if new_tokens < 1:
-        raise StaticShapeError(
-            f"nothing to generate: {source}={getattr(config, source)} with a prompt of {prompt_len} tokens; "
-            "pass max_new_tokens >= 1"
-        )
-    if new_tokens > capacity:
-        if requested_by_call:
-            requested = f"max_new_tokens={new_tokens}" if source == "max_new_tokens" else f"max_length={config.max_length}"
-            raise StaticShapeError(
-                f"prompt length {prompt_len} + {new_tokens} new tokens ({requested}) = {prompt_len + new_tokens} "
-                f"> compiled sequence_length {runner.sequence_length}: ask for at most {capacity} new tokens "
-                f"(max_new_tokens={capacity}), shorten the prompt, or compile with sequence_length >= "
-                f"{prompt_len + new_tokens}"
-            )
-        new_tokens = capacity  # a default length: clamp to what the compiled cache holds
-    min_length = int(config.min_length or 0)
-    if config.min_new_tokens is not None:
-        min_length = prompt_len + int(config.min_new_tokens)
-
-    # ---- special tokens and sampling parameters
-    eos_ids = _as_id_list(config.eos_token_id)
-    pad_token_id = config.pad_token_id
-    if eos_ids is not None:
-        bad = [t for t in eos_ids if not 0 <= t < runner.vocab_size]
-        if bad:
-            raise ValueError(f"eos_token_id {bad} outside the vocabulary [0, {runner.vocab_size})")
-        if pad_token_id is None:
-            pad_token_id = eos_ids[0]  # what transformers does, with a warning
-    do_sample = bool(config.do_sample)
-    temperature = float(config.temperature if config.temperature is not None else 1.0)
-    top_k = int(config.top_k or 0)
-    top_p = float(config.top_p if config.top_p is not None else 1.0)
-    if do_sample:
-        if not temperature > 0:
-            raise ValueError(f"temperature must be > 0 for sampling, got {temperature}")
-        if not 0 < top_p <= 1:
-            raise ValueError(f"top_p must be in (0, 1], got {top_p}")
-        if top_k < 0:
-            raise ValueError(f"top_k must be >= 0, got {top_k}")
-    if generator is not None and not isinstance(generator, torch.Generator):
-        raise TypeError(f"generator must be a torch.Generator, got {type(generator).__name__}")
-
-    # ---- the loop (all checks done: from here on, work)
-    device = runner.device
-    ids = input_ids.to(device=device, dtype=torch.long).contiguous()
-    positions = runner._positions
-    eos_tensor = torch.tensor(eos_ids, device=device) if eos_ids is not None else None
-    unfinished = torch.ones(batch, dtype=torch.bool, device=device)
-    new: list[Any] = []
-    with torch.no_grad():
-        logits = runner._forward(ids, positions[:prompt_len])
-        cur_len = prompt_len
-        for step in range(new_tokens):
-            scores = logits[:, -1, :].to(dtype=torch.float32, copy=True)
-            if eos_tensor is not None and cur_len < min_length:
-                scores[:, eos_tensor] = -float("inf")
-            if do_sample:
-                scores = _warp_for_sampling(scores, temperature, top_k, top_p)
-                probs = torch.softmax(scores, dim=-1)
-                next_tokens = torch.multinomial(probs, num_samples=1, generator=generator).squeeze(1)
-            else:
-                next_tokens = torch.argmax(scores, dim=-1)
-            if eos_tensor is not None:
-                next_tokens = torch.where(unfinished, next_tokens, torch.full_like(next_tokens, pad_token_id))
-            new.append(next_tokens)
-            cur_len += 1
-            if eos_tensor is not None:
-                unfinished &= ~torch.isin(next_tokens, eos_tensor)
-                if not bool(unfinished.any()):
-                    break
-            if step + 1 == new_tokens:
-                break  # the last token is never fed back
-            logits = runner._forward(next_tokens[:, None], positions[cur_len - 1 : cur_len])
-    return torch.cat([ids, torch.stack(new, dim=1)], dim=1)
-
-
-# --------------------------------------------------------------------------- verification
-
-
-def greedy_agreement(ref_ids: Any, got_ids: Any, prompt_length: int = 0) -> dict:
-    """How far two batches of generated ids agree, for the verify gate.
-
-    Compares tokens from `prompt_length` on, over the shorter of the two lengths.
-    agreement_length: tokens equal before the first mismatch, min over the batch;
-    agreement_rate: mean over rows of (matching prefix / compared tokens);
-    token_match_rate: fraction of equal tokens at equal positions;
-    exact: same shape and every token equal."""
-    import torch
-
-    ref = torch.as_tensor(ref_ids).long().cpu()
-    got = torch.as_tensor(got_ids).long().cpu()
-    if ref.dim() == 1:
-        ref = ref[None]
-    if got.dim() == 1:
-        got = got[None]
-    if ref.shape[0] != got.shape[0]:
-        raise ValueError(f"batch sizes differ: ref {ref.shape[0]} vs got {got.shape[0]}")
-    end = min(ref.shape[1], got.shape[1])
-    compared = max(end - prompt_length, 0)
-    a = ref[:, prompt_length:end]
-    b = got[:, prompt_length:end]
-    equal = a == b
-    if compared == 0:
-        prefix = [0] * ref.shape[0]
-    else:
-        mismatch = ~equal
-        first = torch.where(mismatch.any(dim=1), mismatch.int().argmax(dim=1), torch.full((ref.shape[0],), compared))
-        prefix = [int(v) for v in first]
-    return {
-        "agreement_length": min(prefix) if prefix else 0,
-        "agreement_length_per_row": prefix,
-        "compared_tokens": compared,
-        "agreement_rate": (sum(prefix) / (compared * len(prefix))) if compared and prefix else 1.0,
-        "token_match_rate": float(equal.float().mean()) if compared else 1.0,
-        "exact": bool(ref.shape == got.shape and torch.equal(ref, got)),
-    }

@@ -8,8 +8,10 @@ from rich.live import Live
 from rich.table import Table
 
 from pipeline import keys
-from pipeline.commands import console, print_advice
+from pipeline.cli.console import console, print_advice, print_lines
+from pipeline.executors import local
 from pipeline.plan import describe, write_plan
+from pipeline.publish import publish_rows
 from pipeline.report import STATUS_STYLE, new_run_dir, summary_table, write_reports
 
 
@@ -59,8 +61,6 @@ class Progress:
 
 
 def run(resolved, jobs: list[dict]) -> int:
-    from pipeline.executors import local
-
     cfg = resolved.cfg
     run_dir = new_run_dir(cfg["report"]["dir"])
     write_plan(jobs, run_dir / "plan.json")
@@ -72,9 +72,7 @@ def run(resolved, jobs: list[dict]) -> int:
     else:
         rows = local.execute(jobs, cfg, run_dir, progress.start, progress.done)
     if cfg["publish"]["name"] != "none":
-        from pipeline.publish import publish_rows
-
-        publish_rows(rows, jobs, cfg)
+        print_lines(publish_rows(rows, jobs, cfg))
     report = write_reports(run_dir, run_dir.name, cfg, rows)
     console.print(summary_table(rows))
     s = report["summary"]

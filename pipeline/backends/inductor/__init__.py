@@ -13,7 +13,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict
 
+from pipeline import tasks
 from pipeline.backends.base import Backend
+from pipeline.backends.inductor import decoder, int8
 from pipeline.keys import package_version
 
 DTYPES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16", "int8": "float32"}
@@ -81,6 +83,17 @@ class InductorBackend(Backend):
     cast_types = ("fp32", "bf16", "fp16", "int8")
     tasks = ("feature-extraction", "text-classification", "token-classification", "question-answering", "fill-mask", "text-generation")
 
+    def warm_up(self) -> None:
+        import torch  # noqa: F401
+        import torch._inductor  # noqa: F401
+        import torch.export  # noqa: F401
+        import transformers.modeling_utils  # noqa: F401
+
+    def quantization(self, cast_type: str) -> dict[str, Any] | None:
+        if cast_type != "int8":
+            return None
+        return {"recipe": int8.INT8_RECIPE, "torchao": package_version("torchao")}
+
     def available(self) -> str | None:
         if cxx_version() == "absent":
             return "inductor: no C++ compiler (g++/c++/clang++) on PATH; AOTInductor needs one to compile"
@@ -125,12 +138,8 @@ class InductorBackend(Backend):
     def compile(self, model, example_inputs, spec, workdir: Path) -> dict[str, Any]:
         import torch
 
-        from pipeline import tasks
-
         task = tasks.TASKS[spec["task"]]
         if task.decoder:
-            from pipeline import decoder
-
             info = decoder.export_decoder(
                 model, spec["shapes"]["batch_size"], spec["shapes"]["sequence_length"], spec["cast_type"], workdir,
                 inductor_configs=dict(self.options["inductor_configs"]), device=self.options["device"],
@@ -150,9 +159,7 @@ class InductorBackend(Backend):
             dynamic = {k: {0: batch} for k in names}
         with torch.no_grad():
             if spec["cast_type"] == "int8":
-                from pipeline import quantize
-
-                program = quantize.export_int8(module, inputs, dynamic)
+                program = int8.export_int8(module, inputs, dynamic)
             else:
                 program = torch.export.export(module, (), kwargs=inputs, dynamic_shapes=dynamic, strict=True)
             torch._inductor.aoti_compile_and_package(
@@ -170,8 +177,6 @@ class InductorBackend(Backend):
 
         info = compile_config["compiled"]
         if info["format"] != "aoti-pt2":
-            from pipeline import decoder
-
             return decoder.load_decoder(folder, info)
         package = torch._inductor.aoti_load_package(str(Path(folder) / info["file"]))
         names, outputs, device = info["input_names"], info["output_names"], info["device"]
