@@ -10,6 +10,7 @@ by difference: T(1 + N new tokens) - T(1 new token) = N decode steps, so prefill
 per-call setup cancel out. Medians over --repeats. CPU timings are noisy on a shared
 machine: the load average is printed with the table.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -31,9 +32,15 @@ def _build(args: argparse.Namespace, model_dir: Path) -> None:
 
     torch.manual_seed(0)
     config = LlamaConfig(
-        vocab_size=args.vocab, hidden_size=args.hidden, intermediate_size=args.hidden * 8 // 3,
-        num_hidden_layers=args.layers, num_attention_heads=args.hidden // 64, num_key_value_heads=args.hidden // 64,
-        max_position_embeddings=max(args.sequence_length, 128), bos_token_id=None, eos_token_id=None,
+        vocab_size=args.vocab,
+        hidden_size=args.hidden,
+        intermediate_size=args.hidden * 8 // 3,
+        num_hidden_layers=args.layers,
+        num_attention_heads=args.hidden // 64,
+        num_key_value_heads=args.hidden // 64,
+        max_position_embeddings=max(args.sequence_length, 128),
+        bos_token_id=None,
+        eos_token_id=None,
     )
     LlamaForCausalLM(config).eval().save_pretrained(model_dir)
 
@@ -65,7 +72,9 @@ def _measure(args: argparse.Namespace) -> None:
 
         def run(new: int):
             with torch.no_grad():
-                return model.generate(prompt, attention_mask=mask, do_sample=False, max_new_tokens=new, min_new_tokens=new)
+                return model.generate(
+                    prompt, attention_mask=mask, do_sample=False, max_new_tokens=new, min_new_tokens=new
+                )
     else:
         from pipeline.backends.inductor.decoder import load_decoder
         from pipeline.generation import generate
@@ -91,14 +100,18 @@ def _measure(args: argparse.Namespace) -> None:
     t_short, t_full = statistics.median(short), statistics.median(full)
     decode_s = max(t_full - t_short, 1e-9)
     ids = run(n + 1)
-    print(json.dumps({
-        "prefill_ms": t_short * 1e3,
-        "decode_ms_per_step": decode_s / n * 1e3,
-        "decode_tok_s": args.batch * n / decode_s,
-        "e2e_tok_s": args.batch * (n + 1) / t_full,
-        "ids": ids[:, args.prompt_length:].tolist(),
-        "threads": torch.get_num_threads(),
-    }))
+    print(
+        json.dumps(
+            {
+                "prefill_ms": t_short * 1e3,
+                "decode_ms_per_step": decode_s / n * 1e3,
+                "decode_tok_s": args.batch * n / decode_s,
+                "e2e_tok_s": args.batch * (n + 1) / t_full,
+                "ids": ids[:, args.prompt_length :].tolist(),
+                "threads": torch.get_num_threads(),
+            }
+        )
+    )
 
 
 def _child(role: str, args: argparse.Namespace, **extra) -> dict:
@@ -146,8 +159,10 @@ def main() -> None:
     model_dir = workdir / "model"
     _build(args, model_dir)
     args.model_dir = str(model_dir)
-    print(f"model: random Llama hidden={args.hidden} layers={args.layers} vocab={args.vocab}; "
-          f"prompt={args.prompt_length}, decode steps={args.new_tokens}, compiled sequence_length={args.sequence_length}")
+    print(
+        f"model: random Llama hidden={args.hidden} layers={args.layers} vocab={args.vocab}; "
+        f"prompt={args.prompt_length}, decode steps={args.new_tokens}, compiled sequence_length={args.sequence_length}"
+    )
     rows = []
     for batch in args.batch_sizes:
         artifact = workdir / f"compiled-b{batch}"
@@ -164,18 +179,26 @@ def main() -> None:
             rows.append((batch, threads, result))
 
     print()
-    print(f"{'batch':>5} {'threads':>7} {'variant':>9} {'prefill ms':>11} {'decode ms/step':>15} {'decode tok/s':>13} {'e2e tok/s':>10}")
+    print(
+        f"{'batch':>5} {'threads':>7} {'variant':>9} {'prefill ms':>11} {'decode ms/step':>15} {'decode tok/s':>13} "
+        f"{'e2e tok/s':>10}"
+    )
     for batch, threads, result in rows:
         for variant in ("eager", "compiled"):
             r = result[variant]
-            print(f"{batch:>5} {threads:>7} {variant:>9} {r['prefill_ms']:>11.2f} {r['decode_ms_per_step']:>15.3f} "
-                  f"{r['decode_tok_s']:>13.1f} {r['e2e_tok_s']:>10.1f}")
+            print(
+                f"{batch:>5} {threads:>7} {variant:>9} {r['prefill_ms']:>11.2f} {r['decode_ms_per_step']:>15.3f} "
+                f"{r['decode_tok_s']:>13.1f} {r['e2e_tok_s']:>10.1f}"
+            )
     print()
     print(f"{'batch':>5} {'threads':>7} {'decode speedup':>15} {'e2e speedup':>12} {'greedy ids identical':>21}")
     for batch, threads, result in rows:
         e, c = result["eager"], result["compiled"]
-        print(f"{batch:>5} {threads:>7} {c['decode_tok_s'] / e['decode_tok_s']:>14.2f}x {c['e2e_tok_s'] / e['e2e_tok_s']:>11.2f}x "
-              f"{str(e['ids'] == c['ids']):>21}")
+        print(
+            f"{batch:>5} {threads:>7} {c['decode_tok_s'] / e['decode_tok_s']:>14.2f}x "
+            f"{c['e2e_tok_s'] / e['e2e_tok_s']:>11.2f}x "
+            f"{str(e['ids'] == c['ids']):>21}"
+        )
     print(f"\n(load average {os.getloadavg()[0]:.2f} on {os.cpu_count()} CPUs; speedup = compiled / eager)")
 
 

@@ -16,6 +16,7 @@ outputs; the rows themselves for [b, n] logits), worst row of the batch.
 Median of --runs runs after --warmup runs. Writes bench/results/latency.md (+ latency.png).
 Needs the `bench` extra (onnxruntime, onnx, onnxscript) and torchao for int8.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -54,8 +55,12 @@ def model_path(name: str) -> Path:
 
 def model_task(path: Path) -> str:
     arch = (json.loads((path / "config.json").read_text()).get("architectures") or [""])[0]
-    for suffix, task in (("ForSequenceClassification", "text-classification"), ("ForTokenClassification", "token-classification"),
-                         ("ForQuestionAnswering", "question-answering"), ("ForMaskedLM", "fill-mask")):
+    for suffix, task in (
+        ("ForSequenceClassification", "text-classification"),
+        ("ForTokenClassification", "token-classification"),
+        ("ForQuestionAnswering", "question-answering"),
+        ("ForMaskedLM", "fill-mask"),
+    ):
         if arch.endswith(suffix):
             return task
     return "feature-extraction"
@@ -96,8 +101,9 @@ def prepare(name: str, batch: int, seq: int, work: Path, cache: Path) -> dict:
     for cast in ("fp32", "bf16", "int8"):
         t = time.perf_counter()
         try:
-            m = CLASS_FOR_TASK[task].from_pretrained(str(path), export=True, batch_size=batch, sequence_length=seq,
-                                                     auto_cast_type=cast, cache_dir=cache)
+            m = CLASS_FOR_TASK[task].from_pretrained(
+                str(path), export=True, batch_size=batch, sequence_length=seq, auto_cast_type=cast, cache_dir=cache
+            )
             out[f"aoti-{cast}"] = str(m.folder)
         except Exception as e:  # a failed gate is a result too: report it, time the rest
             out[f"aoti-{cast}"] = {"error": f"{type(e).__name__}: {str(e)[:300]}"}
@@ -113,8 +119,16 @@ def prepare(name: str, batch: int, seq: int, work: Path, cache: Path) -> dict:
 
         wrapped = OutputsAsTuple(model, tasks.TASKS[task].outputs[:1])
         with torch.no_grad():
-            torch.onnx.export(wrapped, (), str(fp32), kwargs=inputs, input_names=names, output_names=["out"], dynamo=True,
-                              external_data=False)
+            torch.onnx.export(
+                wrapped,
+                (),
+                str(fp32),
+                kwargs=inputs,
+                input_names=names,
+                output_names=["out"],
+                dynamo=True,
+                external_data=False,
+            )
         from onnxruntime.quantization import QuantType, quantize_dynamic
 
         quantize_dynamic(str(fp32), str(int8), per_channel=True, weight_type=QuantType.QInt8)
@@ -162,6 +176,7 @@ def measure(args) -> dict:
 
         def run():
             return torch.from_numpy(sess.run(None, feed)[0])
+
     for _ in range(args.warmup):
         out = run()
     times = []
@@ -169,8 +184,11 @@ def measure(args) -> dict:
         t = time.perf_counter()
         out = run()
         times.append(time.perf_counter() - t)
-    return {"median_ms": statistics.median(times) * 1e3, "p10_ms": sorted(times)[len(times) // 10] * 1e3,
-            "pooled": pooled(out, mask).tolist()}
+    return {
+        "median_ms": statistics.median(times) * 1e3,
+        "p10_ms": sorted(times)[len(times) // 10] * 1e3,
+        "pooled": pooled(out, mask).tolist(),
+    }
 
 
 def run_child(variant: str, info: dict, batch: int, seq: int, runs: int, warmup: int) -> dict:
@@ -178,8 +196,26 @@ def run_child(variant: str, info: dict, batch: int, seq: int, runs: int, warmup:
     if isinstance(artifact, dict):
         return {"error": artifact["error"]}
     env = dict(os.environ, OMP_NUM_THREADS=str(THREADS), HF_HUB_OFFLINE="1", PYTHONPATH=str(REPO))
-    cmd = [sys.executable, __file__, "--measure", variant, "--path", info["path"], "--task", info["task"], "--batch", str(batch),
-           "--seq", str(seq), "--runs", str(runs), "--warmup", str(warmup), "--artifact", str(artifact or "")]
+    cmd = [
+        sys.executable,
+        __file__,
+        "--measure",
+        variant,
+        "--path",
+        info["path"],
+        "--task",
+        info["task"],
+        "--batch",
+        str(batch),
+        "--seq",
+        str(seq),
+        "--runs",
+        str(runs),
+        "--warmup",
+        str(warmup),
+        "--artifact",
+        str(artifact or ""),
+    ]
     proc = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, env=env)
     if proc.returncode != 0:
         return {"error": (proc.stderr.strip().splitlines() or ["?"])[-1][:300]}
@@ -192,8 +228,11 @@ def fmt_ratio(a, b) -> str:
 
 
 def table(rows: list[dict]) -> str:
-    lines = ["| model | batch | variant | median ms | pooled cosine (min) | vs eager fp32 | vs ORT fp32 | int8 vs ORT int8 |",
-             "|---|---|---|---|---|---|---|---|"]
+    lines = [
+        "| model | batch | variant | median ms | pooled cosine (min) | vs eager fp32 | vs ORT fp32 | int8 vs ORT "
+        "int8 |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
     for r in rows:
         res = r["results"]
         eager, ortf, orti = (res.get(k, {}).get("median_ms") for k in ("eager-fp32", "ort-fp32", "ort-int8"))
@@ -203,8 +242,11 @@ def table(rows: list[dict]) -> str:
                 lines.append(f"| {r['model']} | {r['batch']} | {v} | failed: {x['error'][:120]} | | | | |")
                 continue
             ms = x.get("median_ms")
-            lines.append(f"| {r['model']} | {r['batch']} | {v} | {ms:.2f} | {x.get('cosine', float('nan')):.5f} | {fmt_ratio(ms, eager)} | "
-                         f"{fmt_ratio(ms, ortf)} | {fmt_ratio(ms, orti) if v.endswith('int8') else ''} |")
+            lines.append(
+                f"| {r['model']} | {r['batch']} | {v} | {ms:.2f} | {x.get('cosine', float('nan')):.5f} | "
+                f"{fmt_ratio(ms, eager)} | "
+                f"{fmt_ratio(ms, ortf)} | {fmt_ratio(ms, orti) if v.endswith('int8') else ''} |"
+            )
     return "\n".join(lines)
 
 
@@ -218,15 +260,25 @@ def goals(rows: list[dict]) -> list[str]:
 
         def check(label, ok):
             out.append(f"- {tag}: {label}: {'MET' if ok else 'NOT MET'}")
+
         if {"aoti-fp32", "eager-fp32"} <= set(ms):
-            check(f"aoti fp32 >= 1.5x eager fp32 ({ms['eager-fp32'] / ms['aoti-fp32']:.2f}x)", ms["eager-fp32"] / ms["aoti-fp32"] >= 1.5)
+            check(
+                f"aoti fp32 >= 1.5x eager fp32 ({ms['eager-fp32'] / ms['aoti-fp32']:.2f}x)",
+                ms["eager-fp32"] / ms["aoti-fp32"] >= 1.5,
+            )
         if {"aoti-fp32", "ort-fp32"} <= set(ms):
-            check(f"aoti fp32 >= ORT fp32 (goal 1.1x; {ms['ort-fp32'] / ms['aoti-fp32']:.2f}x)", ms["ort-fp32"] / ms["aoti-fp32"] >= 1.0)
+            check(
+                f"aoti fp32 >= ORT fp32 (goal 1.1x; {ms['ort-fp32'] / ms['aoti-fp32']:.2f}x)",
+                ms["ort-fp32"] / ms["aoti-fp32"] >= 1.0,
+            )
         if {"aoti-bf16", "ort-fp32", "aoti-fp32"} <= set(ms):
             check("aoti bf16 ahead of aoti fp32 and ORT fp32", ms["aoti-bf16"] < min(ms["aoti-fp32"], ms["ort-fp32"]))
         if {"aoti-int8", "ort-int8"} <= set(ms):
-            check(f"aoti int8 ahead of ORT int8 ({ms['ort-int8'] / ms['aoti-int8']:.2f}x) at equal or better cosine "
-                  f"({cos['aoti-int8']:.4f} vs {cos['ort-int8']:.4f})", ms["aoti-int8"] < ms["ort-int8"] and cos["aoti-int8"] >= cos["ort-int8"] - 1e-4)
+            check(
+                f"aoti int8 ahead of ORT int8 ({ms['ort-int8'] / ms['aoti-int8']:.2f}x) at equal or better cosine "
+                f"({cos['aoti-int8']:.4f} vs {cos['ort-int8']:.4f})",
+                ms["aoti-int8"] < ms["ort-int8"] and cos["aoti-int8"] >= cos["ort-int8"] - 1e-4,
+            )
     return out
 
 
@@ -242,7 +294,12 @@ def chart(rows: list[dict], png: Path) -> None:
     fig, ax = plt.subplots(figsize=(max(8, 1.6 * len(rows)), 4.5))
     width = 0.8 / len(VARIANTS)
     for i, v in enumerate(VARIANTS):
-        vals = [r["results"]["eager-fp32"].get("median_ms", 0) / r["results"][v]["median_ms"] if "median_ms" in r["results"].get(v, {}) and "median_ms" in r["results"].get("eager-fp32", {}) else 0 for r in rows]
+        vals = [
+            r["results"]["eager-fp32"].get("median_ms", 0) / r["results"][v]["median_ms"]
+            if "median_ms" in r["results"].get(v, {}) and "median_ms" in r["results"].get("eager-fp32", {})
+            else 0
+            for r in rows
+        ]
         ax.bar([j + i * width for j in range(len(rows))], vals, width, label=v)
     ax.axhline(1.0, color="gray", lw=0.8)
     ax.set_xticks([j + 0.4 - width / 2 for j in range(len(rows))], labels, fontsize=8)
@@ -260,7 +317,9 @@ def main() -> int:
     ap.add_argument("--warmup", type=int, default=10)
     ap.add_argument("--variants", nargs="+", default=list(VARIANTS))
     ap.add_argument("--out", type=Path, default=RESULTS, help="latency.md / latency.png")
-    ap.add_argument("--work", type=Path, default=REPO / "artifacts" / "bench" / "latency", help="compiled artifacts and ONNX models")
+    ap.add_argument(
+        "--work", type=Path, default=REPO / "artifacts" / "bench" / "latency", help="compiled artifacts and ONNX models"
+    )
     # child mode
     ap.add_argument("--measure")
     ap.add_argument("--path")
@@ -293,7 +352,10 @@ def main() -> int:
             results = {}
             for v in args.variants:
                 results[v] = run_child(v, info, batch, seq, runs, args.warmup)
-                print(f"  {v:11s} {results[v].get('median_ms', float('nan')):9.2f} ms  {results[v].get('error', '')}", flush=True)
+                print(
+                    f"  {v:11s} {results[v].get('median_ms', float('nan')):9.2f} ms  {results[v].get('error', '')}",
+                    flush=True,
+                )
             ref = results.get("eager-fp32", {}).get("pooled")
             if ref is not None:
                 import torch
@@ -301,14 +363,20 @@ def main() -> int:
                 r = torch.tensor(ref)
                 for v, x in results.items():
                     if "pooled" in x:
-                        x["cosine"] = torch.nn.functional.cosine_similarity(torch.tensor(x.pop("pooled")), r, dim=-1).min().item()
+                        x["cosine"] = (
+                            torch.nn.functional.cosine_similarity(torch.tensor(x.pop("pooled")), r, dim=-1).min().item()
+                        )
             rows.append({"model": name, "batch": batch, "seq": seq, "runs": runs, "results": results})
     md = table(rows)
     g = goals(rows)
-    header = (f"# Latency: compiled artifacts vs eager and ONNX Runtime\n\n`python bench/latency_bench.py {' '.join(sys.argv[1:])}`; "
-              f"{THREADS} threads, each variant in a fresh process, median after warmup; CPU: {_cpu()}; "
-              f"torch {_v('torch')}, onnxruntime {_v('onnxruntime')}, torchao {_v('torchao')}. Shared machine: compare within a row "
-              f"group only. Ratios are speedups (>1 = the variant is faster than the baseline).\n\n")
+    header = (
+        "# Latency: compiled artifacts vs eager and ONNX Runtime\n\n`python bench/latency_bench.py "
+        f"{' '.join(sys.argv[1:])}`; "
+        f"{THREADS} threads, each variant in a fresh process, median after warmup; CPU: {_cpu()}; "
+        f"torch {_v('torch')}, onnxruntime {_v('onnxruntime')}, torchao {_v('torchao')}. Shared machine: compare "
+        "within a row "
+        f"group only. Ratios are speedups (>1 = the variant is faster than the baseline).\n\n"
+    )
     (args.out / "latency.md").write_text(header + md + "\n\n## Goals\n\n" + "\n".join(g) + "\n")
     chart(rows, args.out / "latency.png")
     print()
@@ -330,7 +398,11 @@ def _v(pkg: str) -> str:
 
 def _cpu() -> str:
     try:
-        return next(line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("model name"))
+        return next(
+            line.split(":", 1)[1].strip()
+            for line in Path("/proc/cpuinfo").read_text().splitlines()
+            if line.startswith("model name")
+        )
     except (OSError, StopIteration):
         return "unknown"
 

@@ -8,6 +8,7 @@ process: Hydra compose, validate, and plan (cold: content hashes computed; warm:
 and `python -m pipeline +sweep=bench mode=plan` end to end. The goal is planning < 2 s.
 Nothing is compiled and no weights are loaded.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -32,8 +33,13 @@ def build_models(out: Path, n: int) -> list[dict]:
     """n local model folders: one tiny BERT, copied with a different `initializer_range`."""
     base = out / "base"
     if not (base / "tiny-bert" / "config.json").is_file():  # in a subprocess: this one stays torch-free
-        subprocess.run([sys.executable, "-m", "pipeline.tiny", str(base), "tiny-bert"], cwd=REPO, check=True,
-                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        subprocess.run(
+            [sys.executable, "-m", "pipeline.tiny", str(base), "tiny-bert"],
+            cwd=REPO,
+            check=True,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
     entries = []
     for i in range(n):
         folder = out / "models" / f"m{i:02d}"
@@ -42,8 +48,13 @@ def build_models(out: Path, n: int) -> list[dict]:
             config = json.loads((folder / "config.json").read_text())
             config["initializer_range"] = 0.02 + i * 1e-4  # a different model for the key
             (folder / "config.json").write_text(json.dumps(config, indent=2))
-        entries.append({"id": str(folder.relative_to(REPO)) if folder.is_relative_to(REPO) else str(folder),
-                        "task": TASKS[i % len(TASKS)], "name": f"m{i:02d}"})
+        entries.append(
+            {
+                "id": str(folder.relative_to(REPO)) if folder.is_relative_to(REPO) else str(folder),
+                "task": TASKS[i % len(TASKS)],
+                "name": f"m{i:02d}",
+            }
+        )
     return entries
 
 
@@ -80,8 +91,8 @@ def main() -> int:
     from omegaconf import OmegaConf
 
     from pipeline import model_entries as models_mod
-    from pipeline.validate import validate
     from pipeline.plan import plan
+    from pipeline.validate import validate
 
     t_compose = time.perf_counter()
     with initialize_config_dir(config_dir=str(REPO / "configs"), version_base="1.3"):
@@ -104,20 +115,33 @@ def main() -> int:
     plan_s = t_done - t_validate
     print(f"setup (build/copy {len(entries)} models): {setup_s:.2f} s")
     print(f"in-process, {expected} jobs ({len(entries)} models x {len(SHAPES)} shapes x {len(CAST_TYPES)} cast types):")
-    print(f"  interpreter start + imports       : {(t_setup - T0) + (t_compose - t_import):.2f} s "
-          f"(pipeline/hydra imports {t_compose - t_import:.2f} s; model setup excluded)")
+    print(
+        f"  interpreter start + imports       : {(t_setup - T0) + (t_compose - t_import):.2f} s "
+        f"(pipeline/hydra imports {t_compose - t_import:.2f} s; model setup excluded)"
+    )
     print(f"  hydra compose                     : {t_validate - t_compose:.3f} s")
     print(f"  validate                          : {t_plan - t_validate:.3f} s")
     print(f"  {f'plan (cold: hashes {len(entries)} folders)':34}: {t_done - t_plan:.3f} s")
     print(f"  plan (warm: hashes memoised)      : {t_warm - t_done:.3f} s")
-    print(f"  validate + plan                   : {plan_s:.3f} s  -> {expected / plan_s:,.0f} jobs/s  "
-          f"[goal < 2 s: {'OK' if plan_s < 2 else 'SLOW'}]")
+    print(
+        f"  validate + plan                   : {plan_s:.3f} s  -> {expected / plan_s:,.0f} jobs/s  "
+        f"[goal < 2 s: {'OK' if plan_s < 2 else 'SLOW'}]"
+    )
     print(f"  torch/transformers imported       : {'yes: ' + ', '.join(heavy[:5]) if heavy else 'no'}")
 
     # end to end: the CLI, interpreter start included
     runs = out / "runs"
-    cmd = [sys.executable, "-m", "pipeline", "--config-dir", str(config_dir), "+sweep=bench", "mode=plan",
-           f"cache.dir={out / 'cache'}", f"report.dir={runs}"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "pipeline",
+        "--config-dir",
+        str(config_dir),
+        "+sweep=bench",
+        "mode=plan",
+        f"cache.dir={out / 'cache'}",
+        f"report.dir={runs}",
+    ]
     env = dict(os.environ, HF_HUB_OFFLINE="1")
     t = time.perf_counter()
     proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True)
@@ -127,7 +151,9 @@ def main() -> int:
         return 1
     written = json.loads((runs / "latest" / "plan.json").read_text())["jobs"]
     assert [j["key"] for j in written] == [j["key"] for j in jobs], "CLI and in-process plans differ"
-    print(f"CLI `python -m pipeline +sweep=bench mode=plan` ({len(written)} jobs, table + plan.json): {cli_s:.2f} s wall")
+    print(
+        f"CLI `python -m pipeline +sweep=bench mode=plan` ({len(written)} jobs, table + plan.json): {cli_s:.2f} s wall"
+    )
     print(f"  last line: {proc.stdout.strip().splitlines()[-1]}")
     return 0 if plan_s < 2 else 3
 

@@ -2,6 +2,7 @@
 
 Exit codes: 0 all good, 1 some job failed, 2 bad config or usage (see README's CLI contract).
 """
+
 from __future__ import annotations
 
 import sys

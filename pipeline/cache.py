@@ -9,6 +9,7 @@ An entry only exists once it passed verification; it is written in a temp dir an
 into place, so a crash never leaves a half entry. Every file's sha256 is in the manifest
 and checked before the entry is used.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -49,8 +50,11 @@ def is_artifact_file(rel: str, logs: bool = True, manifest: bool = False) -> boo
 def artifact_files(folder: Path, logs: bool = True, manifest: bool = False) -> dict[str, Path]:
     """relative path -> path of the files of an artifact folder (see `is_artifact_file`)."""
     folder = Path(folder)
-    return {rel: p for p in sorted(folder.rglob("*"))
-            if p.is_file() and is_artifact_file(rel := p.relative_to(folder).as_posix(), logs, manifest)}
+    return {
+        rel: p
+        for p in sorted(folder.rglob("*"))
+        if p.is_file() and is_artifact_file(rel := p.relative_to(folder).as_posix(), logs, manifest)
+    }
 
 
 def file_table(folder: Path) -> dict[str, dict[str, Any]]:
@@ -216,4 +220,9 @@ class Cache:
                 self._discard(e)
             total -= s
             removed.append(e.name)
-        return {"removed_entries": removed, "removed_tmp": removed_tmp, "size_bytes": total, "kept": len(entries) - len(removed)}
+        return {
+            "removed_entries": removed,
+            "removed_tmp": removed_tmp,
+            "size_bytes": total,
+            "kept": len(entries) - len(removed),
+        }

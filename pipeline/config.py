@@ -7,6 +7,7 @@ error, which is the wrong experience for a fleet config with forty entries. The 
 hold the defaults a run starts from; these dataclasses hold the types, the docs and the
 fallbacks `validate` puts in place of a wrong value so the other checks can still run.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -37,7 +38,9 @@ class Matrix:
     cast_types: List[str] = field(default_factory=lambda: ["fp32"])  # fp32 | bf16 | fp16 | int8
     auto_cast: str = "matmul"  # scope of the cast for compilers that support one: none | matmul | all
     dynamic_batch_size: bool = False  # accept any batch size up to shapes.batch_size (inductor) / chunked (neuron)
-    include: List[Dict[str, Any]] = field(default_factory=list)  # extra combinations {model, batch_size, sequence_length, cast_type}
+    include: List[Dict[str, Any]] = field(
+        default_factory=list
+    )  # extra combinations {model, batch_size, sequence_length, cast_type}
     exclude: List[Dict[str, Any]] = field(default_factory=list)  # partial matches removed from the product
 
 
@@ -93,7 +96,9 @@ class PublishConfig:
     dir: str = "artifacts/published"  # publish=local: where the repo layout is written
     namespace: str = "compiled"  # owner of the variant repos
     repo_template: str = "{namespace}/{model_name}-{backend}-{cast_type}-b{batch_size}-s{sequence_length}"
-    revision_template: Optional[str] = None  # e.g. "{backend}-{cast_type}-b{batch_size}-s{sequence_length}": one repo per model
+    revision_template: Optional[str] = (
+        None  # e.g. "{backend}-{cast_type}-b{batch_size}-s{sequence_length}": one repo per model
+    )
     cache_repo: Optional[str] = None  # shared content-addressed cache repo, consulted before compiling
     endpoint: Optional[str] = None  # Hub endpoint; default HF_ENDPOINT or huggingface.co
 

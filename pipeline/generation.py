@@ -9,6 +9,7 @@ criteria; everything about shapes is checked before the first forward call.
 
 Heavy imports (torch, transformers) happen inside the functions that need them.
 """
+
 from __future__ import annotations
 
 import copy
@@ -18,31 +19,62 @@ from pipeline.backends.base import DecoderRuntime
 
 # What generate() implements. Everything else that changes the decoding is refused.
 SUPPORTED_GENERATION_OPTIONS = (
-    "max_length", "max_new_tokens", "min_length", "min_new_tokens",
-    "do_sample", "temperature", "top_k", "top_p",
-    "eos_token_id", "pad_token_id", "generator",
+    "max_length",
+    "max_new_tokens",
+    "min_length",
+    "min_new_tokens",
+    "do_sample",
+    "temperature",
+    "top_k",
+    "top_p",
+    "eos_token_id",
+    "pad_token_id",
+    "generator",
 )
 
 # Generation options that change the decoding, with the values that mean "off".
 _NEUTRAL = {
-    "num_beams": (None, 1), "num_beam_groups": (None, 1), "num_return_sequences": (None, 1),
-    "penalty_alpha": (None,), "diversity_penalty": (None, 0.0), "dola_layers": (None,),
-    "repetition_penalty": (None, 1.0), "encoder_repetition_penalty": (None, 1.0),
-    "no_repeat_ngram_size": (None, 0), "encoder_no_repeat_ngram_size": (None, 0),
-    "bad_words_ids": (None,), "force_words_ids": (None,), "constraints": (None,),
-    "sequence_bias": (None,), "typical_p": (None, 1.0), "epsilon_cutoff": (None, 0.0),
-    "eta_cutoff": (None, 0.0), "min_p": (None,), "top_h": (None,),
-    "forced_bos_token_id": (None,), "forced_eos_token_id": (None,),
-    "suppress_tokens": (None,), "begin_suppress_tokens": (None,),
-    "exponential_decay_length_penalty": (None,), "guidance_scale": (None, 1.0),
-    "watermarking_config": (None,), "stop_strings": (None,), "max_time": (None,),
-    "renormalize_logits": (None, False), "remove_invalid_values": (None, False),
-    "token_healing": (None, False), "output_scores": (None, False), "output_logits": (None, False),
-    "output_attentions": (None, False), "output_hidden_states": (None, False),
-    "return_dict_in_generate": (None, False), "prompt_lookup_num_tokens": (None,),
-    "assistant_early_exit": (None,), "use_mtp": (None, False), "prefill_chunk_size": (None,),
+    "num_beams": (None, 1),
+    "num_beam_groups": (None, 1),
+    "num_return_sequences": (None, 1),
+    "penalty_alpha": (None,),
+    "diversity_penalty": (None, 0.0),
+    "dola_layers": (None,),
+    "repetition_penalty": (None, 1.0),
+    "encoder_repetition_penalty": (None, 1.0),
+    "no_repeat_ngram_size": (None, 0),
+    "encoder_no_repeat_ngram_size": (None, 0),
+    "bad_words_ids": (None,),
+    "force_words_ids": (None,),
+    "constraints": (None,),
+    "sequence_bias": (None,),
+    "typical_p": (None, 1.0),
+    "epsilon_cutoff": (None, 0.0),
+    "eta_cutoff": (None, 0.0),
+    "min_p": (None,),
+    "top_h": (None,),
+    "forced_bos_token_id": (None,),
+    "forced_eos_token_id": (None,),
+    "suppress_tokens": (None,),
+    "begin_suppress_tokens": (None,),
+    "exponential_decay_length_penalty": (None,),
+    "guidance_scale": (None, 1.0),
+    "watermarking_config": (None,),
+    "stop_strings": (None,),
+    "max_time": (None,),
+    "renormalize_logits": (None, False),
+    "remove_invalid_values": (None, False),
+    "token_healing": (None, False),
+    "output_scores": (None, False),
+    "output_logits": (None, False),
+    "output_attentions": (None, False),
+    "output_hidden_states": (None, False),
+    "return_dict_in_generate": (None, False),
+    "prompt_lookup_num_tokens": (None,),
+    "assistant_early_exit": (None,),
+    "use_mtp": (None, False),
+    "prefill_chunk_size": (None,),
 }
-
 
 
 class StaticShapeError(ValueError):
@@ -114,7 +146,9 @@ def _unsupported_options(config: Any) -> list[str]:
     return problems
 
 
-def generate(runtime: DecoderRuntime, input_ids: Any, attention_mask: Any = None, generation_config: Any = None, **kwargs: Any) -> Any:
+def generate(
+    runtime: DecoderRuntime, input_ids: Any, attention_mask: Any = None, generation_config: Any = None, **kwargs: Any
+) -> Any:
     """A transformers-like generate() over a compiled static-cache decoder (any backend's
     runtime that satisfies `DecoderRuntime`).
 
@@ -145,7 +179,8 @@ def generate(runtime: DecoderRuntime, input_ids: Any, attention_mask: Any = None
     if problems:
         raise UnsupportedGenerationOption(
             f"generate() on a compiled decoder does not support {', '.join(problems)}; "
-            f"supported options: {', '.join(SUPPORTED_GENERATION_OPTIONS)} (greedy or multinomial sampling, batch as compiled)"
+            f"supported options: {', '.join(SUPPORTED_GENERATION_OPTIONS)} (greedy or multinomial sampling, batch as "
+            "compiled)"
         )
 
     # ---- inputs
@@ -177,7 +212,10 @@ def generate(runtime: DecoderRuntime, input_ids: Any, attention_mask: Any = None
                 "or run prompts of different lengths as separate batches"
             )
     if int(input_ids.min()) < 0 or int(input_ids.max()) >= runtime.vocab_size:
-        raise ValueError(f"input_ids must be token ids in [0, {runtime.vocab_size}), got min {int(input_ids.min())} max {int(input_ids.max())}")
+        raise ValueError(
+            f"input_ids must be token ids in [0, {runtime.vocab_size}), got min {int(input_ids.min())} max "
+            f"{int(input_ids.max())}"
+        )
 
     # ---- lengths
     capacity = runtime.sequence_length - prompt_len
@@ -204,7 +242,9 @@ def generate(runtime: DecoderRuntime, input_ids: Any, attention_mask: Any = None
         )
     if new_tokens > capacity:
         if requested_by_call:
-            requested = f"max_new_tokens={new_tokens}" if source == "max_new_tokens" else f"max_length={config.max_length}"
+            requested = (
+                f"max_new_tokens={new_tokens}" if source == "max_new_tokens" else f"max_length={config.max_length}"
+            )
             raise StaticShapeError(
                 f"prompt length {prompt_len} + {new_tokens} new tokens ({requested}) = {prompt_len + new_tokens} "
                 f"> compiled sequence_length {runtime.sequence_length}: ask for at most {capacity} new tokens "
@@ -280,7 +320,9 @@ def logits_processors(config: Any, prompt_length: int, eos_tensor: Any) -> Any:
     if eos_tensor is not None and config.min_length is not None and config.min_length > 0:
         processors.append(MinLengthLogitsProcessor(config.min_length, eos_tensor, device=device))
     if eos_tensor is not None and config.min_new_tokens is not None and config.min_new_tokens > 0:
-        processors.append(MinNewTokensLengthLogitsProcessor(prompt_length, config.min_new_tokens, eos_tensor, device=device))
+        processors.append(
+            MinNewTokensLengthLogitsProcessor(prompt_length, config.min_new_tokens, eos_tensor, device=device)
+        )
     if config.do_sample:
         if config.temperature is not None and config.temperature != 1.0:
             processors.append(TemperatureLogitsWarper(config.temperature))

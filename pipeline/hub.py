@@ -9,6 +9,7 @@ LFS sha256 equal) are not re-sent, and a push with nothing new makes no commit a
 Tokens come from HF_TOKEN / the huggingface_hub login (HfApi's own resolution); any error
 text we surface goes through ``scrub`` first, so a token never reaches logs, reports or cards.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -35,7 +36,9 @@ def backoff_base_s() -> float:
 
 
 class PublishError(Exception):
-    """A Hub operation (a publish, a shared-cache read) that failed for good (auth, retries exhausted, bad repo name); message scrubbed."""
+    """A Hub operation (a publish, a shared-cache read) that failed for good (auth, retries
+    exhausted, bad repo name); the message is scrubbed."""
+
 
 def _token() -> str | None:
     try:
@@ -45,6 +48,7 @@ def _token() -> str | None:
     except Exception:
         return None
 
+
 def scrub(text: Any, token: str | None = None) -> str:
     """`text` with the Hub token (HF_TOKEN or the stored login) replaced by ***."""
     text = str(text)
@@ -52,6 +56,7 @@ def scrub(text: Any, token: str | None = None) -> str:
         if secret and len(secret) >= 4:
             text = text.replace(secret, "***")
     return re.sub(r"(?i)(authorization:\s*bearer\s+)\S+", r"\1***", text)
+
 
 @dataclass
 class FileSpec:
@@ -93,6 +98,7 @@ class FileSpec:
     def with_path(self, path: str) -> "FileSpec":
         return FileSpec(path, self.sha256, self.size, self.local, self.data)
 
+
 def hub_api(publish_cfg: dict | None = None, token: str | None = None):
     """HfApi on publish.endpoint (else HF_ENDPOINT / huggingface.co); the token, unless given,
     is resolved by huggingface_hub itself (HF_TOKEN, then the `hf auth login` token)."""
@@ -100,9 +106,11 @@ def hub_api(publish_cfg: dict | None = None, token: str | None = None):
 
     return HfApi(endpoint=(publish_cfg or {}).get("endpoint") or None, token=token, library_name="pipeline")
 
+
 def _status(e: BaseException) -> int | None:
     response = getattr(e, "response", None)
     return getattr(response, "status_code", None)
+
 
 def _transient(e: BaseException) -> bool:
     from huggingface_hub.errors import LocalEntryNotFoundError
@@ -116,8 +124,11 @@ def _transient(e: BaseException) -> bool:
         return True
     # The client's HTTP library (httpx or httpx2, by huggingface_hub version): connection
     # refused/reset, server gone mid-response, timeouts are all TransportError subclasses.
-    return any(c.__name__ in ("TransportError", "TimeoutException") and c.__module__.split(".")[0].startswith("httpx")
-               for c in type(e).__mro__)
+    return any(
+        c.__name__ in ("TransportError", "TimeoutException") and c.__module__.split(".")[0].startswith("httpx")
+        for c in type(e).__mro__
+    )
+
 
 def _sleep_backoff(attempt: int, e: BaseException | None = None) -> None:
     delay = min(BACKOFF_CAP_S, backoff_base_s() * (2 ** (attempt - 1)))
@@ -128,6 +139,7 @@ def _sleep_backoff(attempt: int, e: BaseException | None = None) -> None:
         pass
     time.sleep(delay * (0.5 + random.random()))  # jitter: two publishers do not retry in lockstep
 
+
 def _fail(e: BaseException, what: str, repo_id: str, endpoint: str, attempts: int | None = None) -> PublishError:
     status = _status(e)
     if status in (401, 403):
@@ -135,6 +147,7 @@ def _fail(e: BaseException, what: str, repo_id: str, endpoint: str, attempts: in
     detail = scrub(f"{type(e).__name__}: {e}").strip().splitlines()
     tail = f" after {attempts} attempts" if attempts else ""
     return PublishError(f"{what} {repo_id} on {endpoint} failed{tail}: {detail[0][:300] if detail else ''}")
+
 
 def _call(fn: Callable, what: str, repo_id: str, endpoint: str, passthrough: tuple = ()):
     """Run a Hub read/setup call with retries on 5xx/429/connection errors; auth fails at once;
@@ -149,8 +162,10 @@ def _call(fn: Callable, what: str, repo_id: str, endpoint: str, passthrough: tup
                 raise _fail(e, what, repo_id, endpoint, attempt if attempt > 1 else None) from None
             _sleep_backoff(attempt, e)
 
+
 def _head(api, repo_id: str, revision: str | None) -> str:
     return api.repo_info(repo_id, revision=revision or "main").sha
+
 
 def _remote_files(api, repo_id: str, head: str, paths: list[str] | None) -> dict:
     """path -> RepoFile at commit `head`: the given paths only (paths-info), or the whole tree."""
@@ -161,8 +176,9 @@ def _remote_files(api, repo_id: str, head: str, paths: list[str] | None) -> dict
     else:
         items = []
         for i in range(0, len(paths), 100):
-            items += api.get_paths_info(repo_id, paths[i:i + 100], revision=head)
+            items += api.get_paths_info(repo_id, paths[i : i + 100], revision=head)
     return {f.path: f for f in items if isinstance(f, RepoFile)}
+
 
 @dataclass
 class PushResult:
@@ -176,8 +192,18 @@ class PushResult:
     deleted: list[str] = field(default_factory=list)
     commit_url: str | None = None
 
-def commit_files(api, repo_id: str, files: list[FileSpec], *, revision: str | None = None, commit_message: str,
-                 commit_description: str | None = None, prune: bool = False, create: bool = True) -> PushResult:
+
+def commit_files(
+    api,
+    repo_id: str,
+    files: list[FileSpec],
+    *,
+    revision: str | None = None,
+    commit_message: str,
+    commit_description: str | None = None,
+    prune: bool = False,
+    create: bool = True,
+) -> PushResult:
     """Make the repo (at `revision`) hold `files` in ONE atomic commit, sending only what
     differs; no commit when nothing differs. `prune` also deletes files not in `files` (but
     .gitattributes). Stale parent (412/409) -> re-read head and retry; 5xx/429/connection
@@ -188,8 +214,12 @@ def commit_files(api, repo_id: str, files: list[FileSpec], *, revision: str | No
     if create:
         _call(lambda: api.create_repo(repo_id, exist_ok=True), "creating", repo_id, endpoint)
         if revision and revision != "main":
-            _call(lambda: api.create_branch(repo_id, branch=revision, exist_ok=True), "creating branch "
-                  f"{revision} of", repo_id, endpoint)
+            _call(
+                lambda: api.create_branch(repo_id, branch=revision, exist_ok=True),
+                f"creating branch {revision} of",
+                repo_id,
+                endpoint,
+            )
     wanted = {f.path: f for f in files}
     last: Exception | None = None
     for attempt in range(1, MAX_ATTEMPTS + 1):
@@ -201,9 +231,17 @@ def commit_files(api, repo_id: str, files: list[FileSpec], *, revision: str | No
             if not adds and not dels:
                 return PushResult(repo_id, revision, head, False)
             ops = [CommitOperationAdd(f.path, f.content()) for f in adds] + [CommitOperationDelete(p) for p in dels]
-            info = api.create_commit(repo_id, ops, commit_message=commit_message, commit_description=commit_description,
-                                     revision=revision, parent_commit=head)
-            return PushResult(repo_id, revision, info.oid, True, [f.path for f in adds], dels, getattr(info, "commit_url", None))
+            info = api.create_commit(
+                repo_id,
+                ops,
+                commit_message=commit_message,
+                commit_description=commit_description,
+                revision=revision,
+                parent_commit=head,
+            )
+            return PushResult(
+                repo_id, revision, info.oid, True, [f.path for f in adds], dels, getattr(info, "commit_url", None)
+            )
         except PublishError:
             raise
         except Exception as e:
@@ -217,14 +255,23 @@ def commit_files(api, repo_id: str, files: list[FileSpec], *, revision: str | No
                 _sleep_backoff(attempt, e)
     raise _fail(last, "pushing to", repo_id, endpoint, MAX_ATTEMPTS) from None
 
-def push_folder(folder: str | Path, repo_id: str, revision: str | None = None, api=None,
-                commit_message: str = "Upload compiled model with pipeline", prune: bool = False,
-                token: str | None = None) -> PushResult:
+
+def push_folder(
+    folder: str | Path,
+    repo_id: str,
+    revision: str | None = None,
+    api=None,
+    commit_message: str = "Upload compiled model with pipeline",
+    prune: bool = False,
+    token: str | None = None,
+) -> PushResult:
     """Push a loadable folder (every file but dot files and logs/) as ONE idempotent commit:
     what runtime classes' `push_to_hub` uses. Returns a PushResult (`oid` = the commit, or the
     unchanged head when nothing differed). Raises PublishError (scrubbed) when it fails."""
-    files = [FileSpec(rel, sha256_file(p), p.stat().st_size, local=p)
-             for rel, p in artifact_files(Path(folder), logs=False, manifest=True).items()]
+    files = [
+        FileSpec(rel, sha256_file(p), p.stat().st_size, local=p)
+        for rel, p in artifact_files(Path(folder), logs=False, manifest=True).items()
+    ]
     api = api or hub_api(token=token)
     try:
         return commit_files(api, repo_id, files, revision=revision, commit_message=commit_message, prune=prune)

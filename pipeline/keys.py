@@ -4,6 +4,7 @@ A key is the sha256 of the canonical JSON of a spec: sorted keys, no whitespace,
 no NaN. Python's json module formats floats with repr(), which does not depend on the
 locale, so the same spec gives the same key on every machine.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -16,10 +17,16 @@ RECIPE_VERSION = "2026.11.27"
 
 # Equivalent spellings of a cast type map to one canonical name, so they share a key.
 CAST_TYPE_ALIASES = {
-    "fp32": "fp32", "float32": "fp32", "float": "fp32",
-    "bf16": "bf16", "bfloat16": "bf16",
-    "fp16": "fp16", "float16": "fp16", "half": "fp16",
-    "int8": "int8", "qint8": "int8",
+    "fp32": "fp32",
+    "float32": "fp32",
+    "float": "fp32",
+    "bf16": "bf16",
+    "bfloat16": "bf16",
+    "fp16": "fp16",
+    "float16": "fp16",
+    "half": "fp16",
+    "int8": "int8",
+    "qint8": "int8",
 }
 CAST_TYPES = ("fp32", "bf16", "fp16", "int8")
 AUTO_CAST_SCOPES = ("none", "matmul", "all")

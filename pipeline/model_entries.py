@@ -4,6 +4,7 @@ revision that keys it (a Hub commit sha, or a content hash of a local folder's f
 No model is ever loaded here. A Hub model costs one config.json read; a local folder's key
 reads its files' bytes once (the content hash), and again only when a file changed.
 """
+
 from __future__ import annotations
 
 import difflib
@@ -67,8 +68,14 @@ def max_positions(config: Any) -> int | None:
 
 def validation_job(model: "ModelInfo", shapes: dict, cast_type: str, auto_cast: str, dynamic_batch_size: bool) -> dict:
     """The fields of one combination that `Backend.validate` checks."""
-    return {"model": {"id": model.id, "task": model.task, "config": model.config, "name": model.name}, "task": model.task,
-            "shapes": shapes, "cast_type": cast_type, "auto_cast": auto_cast, "dynamic_batch_size": dynamic_batch_size}
+    return {
+        "model": {"id": model.id, "task": model.task, "config": model.config, "name": model.name},
+        "task": model.task,
+        "shapes": shapes,
+        "cast_type": cast_type,
+        "auto_cast": auto_cast,
+        "dynamic_batch_size": dynamic_batch_size,
+    }
 
 
 def offline() -> bool:
@@ -77,10 +84,17 @@ def offline() -> bool:
     says offline, nothing tries the network, so the two can never disagree in effect."""
     from huggingface_hub import constants
 
-    return constants.HF_HUB_OFFLINE or os.environ.get("HF_HUB_OFFLINE", "0").strip().lower() in ("1", "true", "yes", "on")
+    return constants.HF_HUB_OFFLINE or os.environ.get("HF_HUB_OFFLINE", "0").strip().lower() in (
+        "1",
+        "true",
+        "yes",
+        "on",
+    )
 
 
-HUB_ID = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9._-]{0,94}[A-Za-z0-9])?(?:/[A-Za-z0-9](?:[A-Za-z0-9._-]{0,94}[A-Za-z0-9])?)?$")
+HUB_ID = re.compile(
+    r"^[A-Za-z0-9](?:[A-Za-z0-9._-]{0,94}[A-Za-z0-9])?(?:/[A-Za-z0-9](?:[A-Za-z0-9._-]{0,94}[A-Za-z0-9])?)?$"
+)
 REVISION = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._/-]{0,127}$")
 
 
@@ -100,7 +114,9 @@ def check_model_id(model_id: str) -> str | None:
             return f"local model folder {model_id!r} has no config.json"
         return None
     if ".." in model_id or "--" in model_id or not HUB_ID.match(model_id):
-        return f"{model_id!r} is not a valid Hub repo id (expected 'name' or 'org/name' of letters, digits, '-', '_', '.')"
+        return (
+            f"{model_id!r} is not a valid Hub repo id (expected 'name' or 'org/name' of letters, digits, '-', '_', '.')"
+        )
     return None
 
 
@@ -143,14 +159,21 @@ def read_config(model_id: str, local: bool, revision: str | None) -> dict | None
     try:
         from huggingface_hub import hf_hub_download
 
-        return json.loads(Path(hf_hub_download(model_id, "config.json", revision=revision or "main", etag_timeout=5)).read_text())
+        return json.loads(
+            Path(hf_hub_download(model_id, "config.json", revision=revision or "main", etag_timeout=5)).read_text()
+        )
     except Exception:
         return None
 
 
 def _content_files(folder: Path) -> list[Path]:
-    return [p for p in sorted(folder.rglob("*")) if p.is_file() and p.suffix in CONTENT_SUFFIXES
-            and not any(part.startswith(".") for part in p.relative_to(folder).parts)]
+    return [
+        p
+        for p in sorted(folder.rglob("*"))
+        if p.is_file()
+        and p.suffix in CONTENT_SUFFIXES
+        and not any(part.startswith(".") for part in p.relative_to(folder).parts)
+    ]
 
 
 def _signature(files: list[Path]) -> tuple:
@@ -221,7 +244,10 @@ def _sha_from_hub(model_id: str, rev: str) -> str:
     try:
         return HfApi().model_info(model_id, revision=rev).sha
     except Exception as e:  # network, 404, auth: name the model and the cause
-        raise RevisionError(f"{model_id}: cannot resolve revision {rev!r}: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}") from None
+        raise RevisionError(
+            f"{model_id}: cannot resolve revision {rev!r}: {type(e).__name__}: "
+            f"{str(e).splitlines()[0] if str(e) else ''}"
+        ) from None
 
 
 def entry_from(item: Any, path: str, errors: list[str]) -> ModelInfo | None:
@@ -229,7 +255,9 @@ def entry_from(item: Any, path: str, errors: list[str]) -> ModelInfo | None:
     if isinstance(item, str):
         data = load_model_file(item)
         if data is None:
-            errors.append(f"{path}: no model config named {item!r} in configs/model/ (known: {', '.join(model_files())})")
+            errors.append(
+                f"{path}: no model config named {item!r} in configs/model/ (known: {', '.join(model_files())})"
+            )
             return None
     elif isinstance(item, dict):
         data = dict(item)
@@ -265,6 +293,11 @@ def entry_from(item: Any, path: str, errors: list[str]) -> ModelInfo | None:
     local = is_local_id(model_id)
     name = data.get("name") or Path(model_id.rstrip("/")).name
     return ModelInfo(
-        name=str(name), id=model_id, task=canonical_task(task), revision=rev, local=local,
-        config=read_config(model_id, local, rev), max_positions_declared=maxp,
+        name=str(name),
+        id=model_id,
+        task=canonical_task(task),
+        revision=rev,
+        local=local,
+        config=read_config(model_id, local, rev),
+        max_positions_declared=maxp,
     )

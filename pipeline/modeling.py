@@ -9,6 +9,7 @@ config.json written at compile time. `export=True` builds the same spec and key 
 pipeline, looks in the local cache (then the shared Hub cache when one is configured), and
 compiles + verifies through the same worker when nothing is found.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -78,7 +79,9 @@ class CompiledModel:
         self.shapes = dict(self.meta["shapes"])
         self.input_names = list(self.meta["input_names"])
         compiled = config.get("compiled") or {}
-        self.dynamic_batch_size = bool(compiled.get("dynamic_batch_size") or self.meta["spec"].get("dynamic_batch_size"))
+        self.dynamic_batch_size = bool(
+            compiled.get("dynamic_batch_size") or self.meta["spec"].get("dynamic_batch_size")
+        )
         self.allow_other_batch = self.dynamic_batch_size
         import torch
 
@@ -87,19 +90,43 @@ class CompiledModel:
 
     # ------------------------------------------------------------------ loading
     @classmethod
-    def from_pretrained(cls, model_id_or_path: str, *, export: bool = False, revision: str | None = None,
-                        allow_unverified: bool = False, cache_dir: str | Path | None = None, token: str | None = None,
-                        backend: str | None = None, auto_cast: str = "matmul", auto_cast_type: str = "fp32",
-                        num_cores: int | None = None, dynamic_batch_size: bool = False,
-                        backend_options: dict | None = None, **input_shapes: int) -> "CompiledModel":
+    def from_pretrained(
+        cls,
+        model_id_or_path: str,
+        *,
+        export: bool = False,
+        revision: str | None = None,
+        allow_unverified: bool = False,
+        cache_dir: str | Path | None = None,
+        token: str | None = None,
+        backend: str | None = None,
+        auto_cast: str = "matmul",
+        auto_cast_type: str = "fp32",
+        num_cores: int | None = None,
+        dynamic_batch_size: bool = False,
+        backend_options: dict | None = None,
+        **input_shapes: int,
+    ) -> "CompiledModel":
         cache_dir = Path(cache_dir) if cache_dir else default_cache_dir()
         if export:
-            folder = cls._export(model_id_or_path, revision, cache_dir, backend or cls.default_backend, auto_cast,
-                                 auto_cast_type, num_cores, dynamic_batch_size, backend_options or {}, input_shapes)
+            folder = cls._export(
+                model_id_or_path,
+                revision,
+                cache_dir,
+                backend or cls.default_backend,
+                auto_cast,
+                auto_cast_type,
+                num_cores,
+                dynamic_batch_size,
+                backend_options or {},
+                input_shapes,
+            )
         else:
             if input_shapes:
-                raise TypeError(f"input shapes {sorted(input_shapes)} are only accepted with export=True; "
-                                "a compiled artifact carries its shapes in config.json")
+                raise TypeError(
+                    f"input shapes {sorted(input_shapes)} are only accepted with export=True; "
+                    "a compiled artifact carries its shapes in config.json"
+                )
             folder = _resolve_folder(str(model_id_or_path), revision, cache_dir, token)
         model = cls._load(folder, allow_unverified)
         model.allow_other_batch = model.dynamic_batch_size or dynamic_batch_size
@@ -115,23 +142,43 @@ class CompiledModel:
             raise ValueError(f"{folder}/config.json has no 'pipeline' section: not an artifact compiled by pipeline")
         meta = config["pipeline"]
         if TASKS[meta["task"]].auto_class != TASKS[cls.task].auto_class:
-            raise ValueError(f"{folder} was compiled for task {meta['task']!r}; load it with {CLASS_FOR_TASK[meta['task']].__name__}")
+            raise ValueError(
+                f"{folder} was compiled for task {meta['task']!r}; load it with {CLASS_FOR_TASK[meta['task']].__name__}"
+            )
         manifest_path = folder / "manifest.json"
         manifest = json.loads(manifest_path.read_text()) if manifest_path.is_file() else None
         status = ((manifest or {}).get("verification") or {}).get("status")
         if status != "passed" and not allow_unverified:
-            raise UnverifiedArtifactError(f"{folder}: verification status is {status or 'missing (no manifest.json)'}; "
-                                          "pass allow_unverified=True to load it anyway")
+            raise UnverifiedArtifactError(
+                f"{folder}: verification status is {status or 'missing (no manifest.json)'}; "
+                "pass allow_unverified=True to load it anyway"
+            )
         backend = get_backend(meta["backend"], meta.get("backend_options") or meta["spec"]["backend"]["options"])
         return cls(folder, config, backend.load(folder, config), manifest)
 
     @classmethod
-    def _export(cls, model_id, revision, cache_dir, backend_name, auto_cast, auto_cast_type, num_cores,
-                dynamic_batch_size, backend_options, input_shapes) -> Path:
+    def _export(
+        cls,
+        model_id,
+        revision,
+        cache_dir,
+        backend_name,
+        auto_cast,
+        auto_cast_type,
+        num_cores,
+        dynamic_batch_size,
+        backend_options,
+        input_shapes,
+    ) -> Path:
         axes = get_mandatory_axes_for_task(cls.task)
-        missing = [a for a in axes if a not in input_shapes and not (TASKS[cls.task].decoder and a == "sequence_length")]
+        missing = [
+            a for a in axes if a not in input_shapes and not (TASKS[cls.task].decoder and a == "sequence_length")
+        ]
         if missing:
-            raise TypeError(f"export=True for {cls.task} needs the input shapes {', '.join(missing)} (mandatory axes: {', '.join(axes)})")
+            raise TypeError(
+                f"export=True for {cls.task} needs the input shapes {', '.join(missing)} (mandatory axes: "
+                f"{', '.join(axes)})"
+            )
         unknown = sorted(set(input_shapes) - set(axes))
         if unknown:
             raise TypeError(f"unknown input shape arguments {unknown}; {cls.task} takes {', '.join(axes)}")
@@ -141,7 +188,9 @@ class CompiledModel:
         if why:
             raise ValueError(f"model id: {why}")
         errors: list[str] = []
-        info = entry_from({"id": str(model_id), "task": cls.task, **({"revision": revision} if revision else {})}, "model", errors)
+        info = entry_from(
+            {"id": str(model_id), "task": cls.task, **({"revision": revision} if revision else {})}, "model", errors
+        )
         if info is None:
             raise ValueError("; ".join(errors))
         options = dict(backend_options)
@@ -152,11 +201,15 @@ class CompiledModel:
         input_shapes = dict(input_shapes)
         if TASKS[cls.task].decoder and input_shapes.get("sequence_length") is None:
             if info.max_positions is None:
-                raise TypeError(f"{model_id}: config.json names no max_position_embeddings; pass sequence_length "
-                                "(prompt + generated tokens) for export=True")
+                raise TypeError(
+                    f"{model_id}: config.json names no max_position_embeddings; pass sequence_length "
+                    "(prompt + generated tokens) for export=True"
+                )
             input_shapes["sequence_length"] = info.max_positions  # the README's promise: the model's maximum
         job = make_job(info, input_shapes, auto_cast_type, auto_cast, dynamic_batch_size, backend, verify_cfg, 7200)
-        problems = backend.validate(validation_job(info, job["shapes"], job["cast_type"], auto_cast, dynamic_batch_size))
+        problems = backend.validate(
+            validation_job(info, job["shapes"], job["cast_type"], auto_cast, dynamic_batch_size)
+        )
         if problems:
             raise ValueError("; ".join(problems))
         try:  # local cache -> shared cache (PIPELINE_CACHE_REPO) -> compile + verify, re-gated like a run
@@ -180,7 +233,6 @@ class CompiledModel:
         return t
 
     def _run_chunk(self, inputs: dict) -> dict:
-        import torch
 
         b, s = inputs["input_ids"].shape
         batch, seq = self.shapes["batch_size"], self.shapes["sequence_length"]
@@ -206,17 +258,29 @@ class CompiledModel:
         b, s = input_ids.shape
         seq, batch = self.shapes["sequence_length"], self.shapes["batch_size"]
         if s > seq:
-            raise ValueError(f"sequence length {s} exceeds the compiled sequence_length {seq}; "
-                             f"truncate the inputs (tokenizer(..., truncation=True, max_length={seq})) or compile for a longer one")
+            raise ValueError(
+                f"sequence length {s} exceeds the compiled sequence_length {seq}; "
+                f"truncate the inputs (tokenizer(..., truncation=True, max_length={seq})) or compile for a longer one"
+            )
         limit = max(batch, 2) if self.dynamic_batch_size else batch
         if b > batch and not self.allow_other_batch:
-            raise ValueError(f"batch size {b} exceeds the compiled batch_size {batch}; load with dynamic_batch_size=True "
-                             "(runs in compiled-size chunks) or compile for a larger batch")
-        inputs = {"input_ids": input_ids.to(torch.int64),
-                  "attention_mask": torch.ones_like(input_ids) if attention_mask is None else torch.as_tensor(attention_mask).to(torch.int64)}
+            raise ValueError(
+                f"batch size {b} exceeds the compiled batch_size {batch}; load with dynamic_batch_size=True "
+                "(runs in compiled-size chunks) or compile for a larger batch"
+            )
+        inputs = {
+            "input_ids": input_ids.to(torch.int64),
+            "attention_mask": torch.ones_like(input_ids)
+            if attention_mask is None
+            else torch.as_tensor(attention_mask).to(torch.int64),
+        }
         if "token_type_ids" in self.input_names:
-            inputs["token_type_ids"] = torch.zeros_like(input_ids) if token_type_ids is None else torch.as_tensor(token_type_ids).to(torch.int64)
-        chunks = [self._run_chunk({k: v[i:i + limit] for k, v in inputs.items()}) for i in range(0, b, limit)]
+            inputs["token_type_ids"] = (
+                torch.zeros_like(input_ids)
+                if token_type_ids is None
+                else torch.as_tensor(token_type_ids).to(torch.int64)
+            )
+        chunks = [self._run_chunk({k: v[i : i + limit] for k, v in inputs.items()}) for i in range(0, b, limit)]
         merged = {k: torch.cat([c[k] for c in chunks], dim=0) for k in chunks[0]}
         import transformers.modeling_outputs as mo
 
@@ -250,10 +314,17 @@ class CompiledModel:
             shutil.copy2(src, dest / rel)
         return dest
 
-    def push_to_hub(self, repo_id: str, revision: str | None = None, token: str | None = None, commit_message: str | None = None):
+    def push_to_hub(
+        self, repo_id: str, revision: str | None = None, token: str | None = None, commit_message: str | None = None
+    ):
         """Upload the artifact as one atomic commit (through the publisher's code path)."""
-        return push_folder(self.folder, repo_id, revision=revision, token=token,
-                           commit_message=commit_message or f"Upload compiled {self.task} model")
+        return push_folder(
+            self.folder,
+            repo_id,
+            revision=revision,
+            token=token,
+            commit_message=commit_message or f"Upload compiled {self.task} model",
+        )
 
 
 class CompiledModelForFeatureExtraction(CompiledModel):
@@ -290,10 +361,14 @@ class CompiledModelForCausalLM(CompiledModel):
         ids = torch.as_tensor(input_ids, dtype=torch.long)
         ids = ids[None] if ids.dim() == 1 else ids
         if attention_mask is not None and not bool(torch.as_tensor(attention_mask).bool().all()):
-            raise generation.PaddingNotSupported("padded prompts are not supported by the static-cache graph: pass equal-length prompts")
+            raise generation.PaddingNotSupported(
+                "padded prompts are not supported by the static-cache graph: pass equal-length prompts"
+            )
         if ids.shape[0] != self.runner.batch_size or not 1 <= ids.shape[1] <= self.runner.sequence_length:
-            raise generation.StaticShapeError(f"input_ids of shape {tuple(ids.shape)} do not fit the compiled batch_size "
-                                              f"{self.runner.batch_size} and sequence_length {self.runner.sequence_length}")
+            raise generation.StaticShapeError(
+                f"input_ids of shape {tuple(ids.shape)} do not fit the compiled batch_size "
+                f"{self.runner.batch_size} and sequence_length {self.runner.sequence_length}"
+            )
         with torch.no_grad():
             logits = self.runner.forward(ids.contiguous(), torch.arange(ids.shape[1])).float()
         out = mo.CausalLMOutput(logits=logits)
@@ -304,7 +379,9 @@ class CompiledModelForCausalLM(CompiledModel):
     def generate(self, input_ids, attention_mask=None, generation_config=None, **kwargs):
         """Like transformers' generate(): greedy or sampling; defaults from the artifact's
         generation_config.json, call arguments take precedence."""
-        return generation.generate(self.runner, input_ids, attention_mask=attention_mask, generation_config=generation_config, **kwargs)
+        return generation.generate(
+            self.runner, input_ids, attention_mask=attention_mask, generation_config=generation_config, **kwargs
+        )
 
     def can_generate(self) -> bool:
         return True
@@ -322,7 +399,11 @@ CLASS_FOR_TASK = {
 
 def _neuron_default(cls: type) -> type:
     """The seed's NeuronModelFor<Task> names: the same classes with backend="neuron" by default."""
-    return type(cls.__name__.replace("CompiledModel", "NeuronModel"), (cls,), {"default_backend": "neuron", "__doc__": cls.__doc__})
+    return type(
+        cls.__name__.replace("CompiledModel", "NeuronModel"),
+        (cls,),
+        {"default_backend": "neuron", "__doc__": cls.__doc__},
+    )
 
 
 NeuronModelForFeatureExtraction = _neuron_default(CompiledModelForFeatureExtraction)

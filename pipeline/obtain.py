@@ -8,6 +8,7 @@ so a run and a library call can never disagree about what is good enough to use:
 * a miss in the local cache is looked up in the shared cache (verified on fetch);
 * only then is the job compiled and verified, in a fresh worker process.
 """
+
 from __future__ import annotations
 
 import tempfile
@@ -53,11 +54,14 @@ def find(job: dict, cache: Cache, publish_cfg: dict | None = None) -> Found:
 def compile_in_worker(job: dict, cache: Cache) -> dict:
     """Compile + verify one job in a fresh worker process; the worker's result dict."""
     with tempfile.TemporaryDirectory(prefix="pipeline-export-") as work:
-        return run_worker(dict(job, cache_dir=str(cache.root.resolve())), Path(work), job["timeout_s"], env=cache.inductor_env())
+        return run_worker(
+            dict(job, cache_dir=str(cache.root.resolve())), Path(work), job["timeout_s"], env=cache.inductor_env()
+        )
 
 
-def obtain(job: dict, cache: Cache, publish_cfg: dict | None = None,
-           compile: Callable[[dict, Cache], dict] = compile_in_worker) -> tuple[Path, list[str]]:
+def obtain(
+    job: dict, cache: Cache, publish_cfg: dict | None = None, compile: Callable[[dict, Cache], dict] = compile_in_worker
+) -> tuple[Path, list[str]]:
     """(artifact folder, notes) for a job, compiling it when no cache has it. Raises
     ObtainError when a stored entry fails today's gate or the compile fails."""
     found = find(job, cache, publish_cfg)

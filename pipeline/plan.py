@@ -2,6 +2,7 @@
 
 Planning reads config.json files and hashes local weights, but never loads a model.
 """
+
 from __future__ import annotations
 
 import copy
@@ -60,8 +61,12 @@ def combinations(cfg: dict, models: list) -> Iterator[dict[str, Any]]:
     casts = [(i, keys.canonical_cast_type(c)) for i, c in enumerate(m["cast_types"])]
     excludes = m.get("exclude") or []
     for model, (j, shape), (i, cast) in itertools.product(models, shapes, casts):
-        combo = {"model": model, "shapes": _shape(shape, model), "cast_type": cast,
-                 "where": {"shape": f"matrix.shapes[{j}]", "cast_type": f"matrix.cast_types[{i}]"}}
+        combo = {
+            "model": model,
+            "shapes": _shape(shape, model),
+            "cast_type": cast,
+            "where": {"shape": f"matrix.shapes[{j}]", "cast_type": f"matrix.cast_types[{i}]"},
+        }
         if not any(_matches(combo, ex) for ex in excludes):
             yield combo
     for k, inc in enumerate(m.get("include") or []):
@@ -72,12 +77,24 @@ def combinations(cfg: dict, models: list) -> Iterator[dict[str, Any]]:
             inc_shapes = [dict(s, **given) for s in m["shapes"]] if len(given) < 2 else [given]
             inc_casts = [keys.canonical_cast_type(inc["cast_type"])] if "cast_type" in inc else [c for _, c in casts]
             for shape, cast in itertools.product(inc_shapes, inc_casts):
-                yield {"model": model, "shapes": _shape(shape, model), "cast_type": cast,
-                       "where": {"shape": f"matrix.include[{k}]", "cast_type": f"matrix.include[{k}].cast_type"}}
+                yield {
+                    "model": model,
+                    "shapes": _shape(shape, model),
+                    "cast_type": cast,
+                    "where": {"shape": f"matrix.include[{k}]", "cast_type": f"matrix.include[{k}].cast_type"},
+                }
 
 
-def build_spec(model, task: str, shapes: dict, cast_type: str, auto_cast: str, dynamic_batch_size: bool, backend,
-               toolchain: dict | None = None) -> dict:
+def build_spec(
+    model,
+    task: str,
+    shapes: dict,
+    cast_type: str,
+    auto_cast: str,
+    dynamic_batch_size: bool,
+    backend,
+    toolchain: dict | None = None,
+) -> dict:
     """Everything that decides the compiled bytes. Verification settings are not in it.
 
     `toolchain`: backend.toolchain(), computed once per plan by the caller (reading package
@@ -100,21 +117,40 @@ def build_spec(model, task: str, shapes: dict, cast_type: str, auto_cast: str, d
     return spec
 
 
-def make_job(model, shapes: dict, cast_type: str, auto_cast: str, dynamic_batch_size: bool, backend, verify_cfg: dict, timeout_s: int,
-             toolchain: dict | None = None) -> dict:
+def make_job(
+    model,
+    shapes: dict,
+    cast_type: str,
+    auto_cast: str,
+    dynamic_batch_size: bool,
+    backend,
+    verify_cfg: dict,
+    timeout_s: int,
+    toolchain: dict | None = None,
+) -> dict:
     """A job: spec + key + verification settings. Pure data (JSON-able, picklable)."""
     spec = build_spec(model, model.task, shapes, cast_type, auto_cast, dynamic_batch_size, backend, toolchain)
     tolerance = {k: v for k, v in verify_cfg["tolerances"].get(spec["cast_type"], {}).items() if v is not None}
     return {
         "key": keys.key_of(spec),
         "spec": spec,
-        "model": {"name": model.name, "id": model.id, "path": model.path, "local": model.local, "revision": spec["model"]["revision"]},
+        "model": {
+            "name": model.name,
+            "id": model.id,
+            "path": model.path,
+            "local": model.local,
+            "revision": spec["model"]["revision"],
+        },
         "task": model.task,
         "shapes": spec["shapes"],
         "cast_type": spec["cast_type"],
         "backend": backend.name,
         "backend_options": backend.options,
-        "verify": {"tolerance": tolerance, "generate_tokens": verify_cfg["generate_tokens"], "seed": verify_cfg["seed"]},
+        "verify": {
+            "tolerance": tolerance,
+            "generate_tokens": verify_cfg["generate_tokens"],
+            "seed": verify_cfg["seed"],
+        },
         "timeout_s": timeout_s,
     }
 
@@ -129,8 +165,17 @@ def plan(resolved) -> list[dict]:
     jobs, seen = [], set()
     for combo in combinations(cfg, resolved.models):
         model = combo["model"]
-        job = make_job(model, combo["shapes"], combo["cast_type"], m["auto_cast"], m["dynamic_batch_size"], backend,
-                       cfg["verify"], cfg["timeout_s"], toolchain)
+        job = make_job(
+            model,
+            combo["shapes"],
+            combo["cast_type"],
+            m["auto_cast"],
+            m["dynamic_batch_size"],
+            backend,
+            cfg["verify"],
+            cfg["timeout_s"],
+            toolchain,
+        )
         if job["key"] in seen:
             continue
         seen.add(job["key"])
@@ -144,7 +189,8 @@ def plan(resolved) -> list[dict]:
 
 def describe(job: dict) -> str:
     s = job["shapes"]
-    return f"{job['model']['name']} {job['task']} b{s.get('batch_size')} s{s.get('sequence_length')} {job['cast_type']} {job['backend']}"
+    shape = f"b{s.get('batch_size')} s{s.get('sequence_length')}"
+    return f"{job['model']['name']} {job['task']} {shape} {job['cast_type']} {job['backend']}"
 
 
 def write_plan(jobs: list[dict], path: Path) -> None:

@@ -7,6 +7,7 @@ Layout, in a Hub repo (``publish.cache_repo``) or under ``publish.dir`` for ``pu
 fight over. A fetched entry is checked file by file against its manifest before it is
 committed to the local cache.
 """
+
 from __future__ import annotations
 
 import json
@@ -33,6 +34,7 @@ def source_config(publish_cfg: dict | None = None) -> dict:
 def clean_name(part: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "-", str(part)).strip("-.") or "unknown"
 
+
 def platform_tag(spec: dict) -> str:
     """The shared cache's top-level folder: which machines can load an artifact, e.g.
     ``inductor-cpu-x86_64-AVX512-torch2.13.0`` or ``neuron-trn1-neuronx-cc2.21.0``.
@@ -42,7 +44,11 @@ def platform_tag(spec: dict) -> str:
     options = spec["backend"].get("options") or {}
     tc = spec.get("toolchain") or {}
     if backend == "neuron":
-        parts = [backend, tc.get("target") or options.get("target") or "unknown", f"neuronx-cc{tc.get('neuronx-cc', 'absent')}"]
+        parts = [
+            backend,
+            tc.get("target") or options.get("target") or "unknown",
+            f"neuronx-cc{tc.get('neuronx-cc', 'absent')}",
+        ]
     else:
         plat = tc.get("platform") or {}
         device = options.get("device", "cpu")
@@ -52,16 +58,24 @@ def platform_tag(spec: dict) -> str:
         parts = [backend, device, plat.get("arch") or "unknown", hw, f"torch{torch_version}"]
     return "-".join(clean_name(p) for p in parts)
 
+
 def cache_path(spec: dict, key: str) -> str:
     """Folder of an entry in the shared cache repo: ``<platform-tag>/<key[:2]>/<key>``."""
     return f"{platform_tag(spec)}/{key[:2]}/{key}"
 
+
 def local_cache_root(publish_cfg: dict) -> Path:
     return Path(publish_cfg.get("dir") or "artifacts/published") / (publish_cfg.get("cache_repo") or "cache")
 
+
 def _safe_rel(rel: str) -> bool:
     parts = rel.split("/")
-    return bool(rel) and not rel.startswith("/") and all(p and p not in (".", "..") and not p.startswith(".") for p in parts)
+    return (
+        bool(rel)
+        and not rel.startswith("/")
+        and all(p and p not in (".", "..") and not p.startswith(".") for p in parts)
+    )
+
 
 class _HubSource:
     def __init__(self, publish_cfg: dict):
@@ -75,7 +89,9 @@ class _HubSource:
 
         missing = (RepositoryNotFoundError, RevisionNotFoundError)
         try:
-            self.commit = _call(lambda: _head(self.api, self.repo, None), "reading", self.repo, self.api.endpoint, missing)
+            self.commit = _call(
+                lambda: _head(self.api, self.repo, None), "reading", self.repo, self.api.endpoint, missing
+            )
         except missing:
             return False
         return True
@@ -92,6 +108,7 @@ class _HubSource:
             return Path(_call(dl, "downloading from", self.repo, self.api.endpoint, missing))
         except missing:
             return None
+
 
 class _LocalSource:
     def __init__(self, publish_cfg: dict):
@@ -111,6 +128,7 @@ class _LocalSource:
         shutil.copyfile(src, target)
         return target
 
+
 def _source(publish_cfg: dict | None):
     pc = publish_cfg or {}
     name = pc.get("name") or ("hub" if pc.get("cache_repo") else "none")  # {"cache_repo": ...} alone means the Hub
@@ -119,6 +137,7 @@ def _source(publish_cfg: dict | None):
     if name == "hub" and pc.get("cache_repo"):
         return None if offline() else _HubSource(pc)
     return None
+
 
 def fetch(key: str, spec: dict, cache: Cache, publish_cfg: dict) -> tuple[Path | None, str | None]:
     """After a local miss: take the entry from the shared cache into the local one.
@@ -148,15 +167,25 @@ def fetch(key: str, spec: dict, cache: Cache, publish_cfg: dict) -> tuple[Path |
                     manifest = json.loads(mpath.read_text())
                     spec_key = keys.key_of(manifest["spec"])
                 except (ValueError, KeyError, TypeError) as e:
-                    return None, f"shared cache entry {key[:12]} in {src.name}: {MANIFEST} is unreadable ({type(e).__name__}); not used"
+                    return (
+                        None,
+                        f"shared cache entry {key[:12]} in {src.name}: {MANIFEST} is unreadable "
+                        f"({type(e).__name__}); not used",
+                    )
                 if manifest.get("key") != key or spec_key != key:
-                    return None, f"shared cache entry {key[:12]} in {src.name}: {MANIFEST} does not match the key; not used"
+                    return (
+                        None,
+                        f"shared cache entry {key[:12]} in {src.name}: {MANIFEST} does not match the key; not used",
+                    )
                 if (manifest.get("verification") or {}).get("status", "passed") != "passed":
                     return None, f"shared cache entry {key[:12]} in {src.name} is not verified; not used"
                 files = manifest.get("files") or {}
                 bad = [rel for rel in files if not _safe_rel(rel)]
                 if bad:
-                    return None, f"shared cache entry {key[:12]} in {src.name}: unsafe path {bad[0]!r} in {MANIFEST}; not used"
+                    return (
+                        None,
+                        f"shared cache entry {key[:12]} in {src.name}: unsafe path {bad[0]!r} in {MANIFEST}; not used",
+                    )
                 for rel in files:
                     got = src.get(f"{where}/{rel}", dl)
                     if got is None:
@@ -166,8 +195,16 @@ def fetch(key: str, spec: dict, cache: Cache, publish_cfg: dict) -> tuple[Path |
                     os.replace(got, target)
                 problem = check_integrity(tmp, manifest)
                 if problem is not None:
-                    return None, f"shared cache entry {key[:12]} in {src.name} failed its integrity check ({problem}); not used"
-                origin = {"source": src.name, "path": where, "commit": src.commit, "created_at": manifest.get("created_at")}
+                    return (
+                        None,
+                        f"shared cache entry {key[:12]} in {src.name} failed its integrity check ({problem}); not used",
+                    )
+                origin = {
+                    "source": src.name,
+                    "path": where,
+                    "commit": src.commit,
+                    "created_at": manifest.get("created_at"),
+                }
                 base = {k: v for k, v in manifest.items() if k not in ("key", "files", "created_at")}
                 return cache.commit(key, tmp, dict(base, fetched_from=origin)), None
             finally:

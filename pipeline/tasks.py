@@ -2,6 +2,7 @@
 
 Light at import: torch and transformers are imported inside the functions that need them.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -23,9 +24,27 @@ TASKS: dict[str, Task] = {
     t.name: t
     for t in (
         Task("feature-extraction", "AutoModel", ("last_hidden_state",), False, output_class="BaseModelOutput"),
-        Task("text-classification", "AutoModelForSequenceClassification", ("logits",), True, output_class="SequenceClassifierOutput"),
-        Task("token-classification", "AutoModelForTokenClassification", ("logits",), True, output_class="TokenClassifierOutput"),
-        Task("question-answering", "AutoModelForQuestionAnswering", ("start_logits", "end_logits"), True, output_class="QuestionAnsweringModelOutput"),
+        Task(
+            "text-classification",
+            "AutoModelForSequenceClassification",
+            ("logits",),
+            True,
+            output_class="SequenceClassifierOutput",
+        ),
+        Task(
+            "token-classification",
+            "AutoModelForTokenClassification",
+            ("logits",),
+            True,
+            output_class="TokenClassifierOutput",
+        ),
+        Task(
+            "question-answering",
+            "AutoModelForQuestionAnswering",
+            ("start_logits", "end_logits"),
+            True,
+            output_class="QuestionAnsweringModelOutput",
+        ),
         Task("fill-mask", "AutoModelForMaskedLM", ("logits",), True, output_class="MaskedLMOutput"),
         Task("text-generation", "AutoModelForCausalLM", ("logits",), True, output_class="CausalLMOutput", decoder=True),
     )
@@ -58,7 +77,11 @@ def get_mandatory_axes_for_task(task: str) -> tuple[str, ...]:
 def input_names(model_config: dict) -> tuple[str, ...]:
     """Encoder inputs the compiled graph takes; token_type_ids only where the model has them."""
     names = ["input_ids", "attention_mask"]
-    if model_config.get("type_vocab_size", 0) and model_config.get("model_type") not in ("roberta", "xlm-roberta", "camembert"):
+    if model_config.get("type_vocab_size", 0) and model_config.get("model_type") not in (
+        "roberta",
+        "xlm-roberta",
+        "camembert",
+    ):
         names.append("token_type_ids")
     return tuple(names)
 
@@ -71,7 +94,9 @@ SAMPLE_TEXTS = (
 )
 
 
-def example_inputs(model_config: dict, batch_size: int, sequence_length: int, seed: int = 0, tokenizer: Any = None) -> dict:
+def example_inputs(
+    model_config: dict, batch_size: int, sequence_length: int, seed: int = 0, tokenizer: Any = None
+) -> dict:
     """Deterministic encoder inputs: tokenized sample text when a tokenizer is given, else
     seeded token ids inside the vocab; the attention mask has realistic padding (row i keeps
     a different number of tokens), but row 0 is always full length."""
@@ -83,7 +108,10 @@ def example_inputs(model_config: dict, batch_size: int, sequence_length: int, se
         texts = [SAMPLE_TEXTS[i % len(SAMPLE_TEXTS)] * (1 + i % 3) for i in range(batch_size)]
         enc = tokenizer(texts, padding="max_length", truncation=True, max_length=sequence_length, return_tensors="pt")
         enc["attention_mask"][0, :] = 1  # one row at full length so every position is exercised
-        out = {n: enc[n].to(torch.int64) if n in enc else torch.zeros(batch_size, sequence_length, dtype=torch.int64) for n in names}
+        out = {
+            n: enc[n].to(torch.int64) if n in enc else torch.zeros(batch_size, sequence_length, dtype=torch.int64)
+            for n in names
+        }
         return out
     vocab = int(model_config.get("vocab_size", 1000))
     low = min(5, vocab - 1)  # skip the usual special ids
@@ -105,5 +133,7 @@ def load_eager_model(task: str, path: str, revision: str | None = None):
     import transformers
 
     auto = getattr(transformers, TASKS[task].auto_class)
-    model = auto.from_pretrained(path, revision=revision, use_safetensors=True, trust_remote_code=False, dtype="float32")
+    model = auto.from_pretrained(
+        path, revision=revision, use_safetensors=True, trust_remote_code=False, dtype="float32"
+    )
     return model.eval()

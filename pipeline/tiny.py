@@ -4,35 +4,82 @@
 
 Deterministic (seeded), saved as safetensors with a small WordPiece tokenizer, offline.
 """
+
 from __future__ import annotations
 
 import string
 import sys
 from pathlib import Path
 
-COMMON = dict(vocab_size=1000, hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64, max_position_embeddings=128)
+COMMON = dict(
+    vocab_size=1000,
+    hidden_size=32,
+    num_hidden_layers=2,
+    num_attention_heads=2,
+    intermediate_size=64,
+    max_position_embeddings=128,
+)
 
 # name -> (config class, auto class, config kwargs)
 TINY = {
     "tiny-bert": ("BertConfig", "AutoModel", dict(COMMON)),
-    "tiny-distilbert": ("DistilBertConfig", "AutoModelForSequenceClassification",
-                        dict(vocab_size=1000, dim=32, n_layers=2, n_heads=2, hidden_dim=64, max_position_embeddings=128, num_labels=3)),
-    "tiny-roberta": ("RobertaConfig", "AutoModelForTokenClassification", dict(COMMON, max_position_embeddings=130, pad_token_id=1, num_labels=5)),
+    "tiny-distilbert": (
+        "DistilBertConfig",
+        "AutoModelForSequenceClassification",
+        dict(vocab_size=1000, dim=32, n_layers=2, n_heads=2, hidden_dim=64, max_position_embeddings=128, num_labels=3),
+    ),
+    "tiny-roberta": (
+        "RobertaConfig",
+        "AutoModelForTokenClassification",
+        dict(COMMON, max_position_embeddings=130, pad_token_id=1, num_labels=5),
+    ),
     "tiny-bert-qa": ("BertConfig", "AutoModelForQuestionAnswering", dict(COMMON)),
     "tiny-bert-mlm": ("BertConfig", "AutoModelForMaskedLM", dict(COMMON)),
-    "tiny-llama": ("LlamaConfig", "AutoModelForCausalLM",
-                   dict(vocab_size=256, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
-                        num_key_value_heads=1, max_position_embeddings=128, bos_token_id=1, eos_token_id=2, pad_token_id=0)),
-    "tiny-gpt2": ("GPT2Config", "AutoModelForCausalLM",
-                  dict(vocab_size=256, n_embd=32, n_layer=2, n_head=2, n_positions=128, bos_token_id=1, eos_token_id=2, pad_token_id=0)),
+    "tiny-llama": (
+        "LlamaConfig",
+        "AutoModelForCausalLM",
+        dict(
+            vocab_size=256,
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            num_key_value_heads=1,
+            max_position_embeddings=128,
+            bos_token_id=1,
+            eos_token_id=2,
+            pad_token_id=0,
+        ),
+    ),
+    "tiny-gpt2": (
+        "GPT2Config",
+        "AutoModelForCausalLM",
+        dict(
+            vocab_size=256,
+            n_embd=32,
+            n_layer=2,
+            n_head=2,
+            n_positions=128,
+            bos_token_id=1,
+            eos_token_id=2,
+            pad_token_id=0,
+        ),
+    ),
 }
 
 
 def _vocab(size: int) -> list[str]:
-    words = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + list(string.ascii_lowercase) + list(string.digits) + list(".,;:!?'\"-()")
+    words = (
+        ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+        + list(string.ascii_lowercase)
+        + list(string.digits)
+        + list(".,;:!?'\"-()")
+    )
     words += [f"##{c}" for c in string.ascii_lowercase]
-    common = ("the quick brown fox jumps over lazy dog compiled models should give same answers as original ones paris is "
-              "capital of france and berlin germany i really enjoyed this film acting was superb").split()
+    common = (
+        "the quick brown fox jumps over lazy dog compiled models should give same answers as original ones paris is "
+        "capital of france and berlin germany i really enjoyed this film acting was superb"
+    ).split()
     words += [w for w in dict.fromkeys(common) if w not in words]
     words += [f"tok{i}" for i in range(size - len(words))]
     return words[:size]

@@ -4,13 +4,14 @@ Wrongly typed values are reported and replaced by the schema's default, and miss
 reported and never read, so one mistake does not hide the others; then the models' config.json
 files, the matrix and every combination are checked against the tasks and the backend's rules.
 """
+
 from __future__ import annotations
 
 import dataclasses
 import difflib
 import typing
 from dataclasses import dataclass
-from typing import Any, List, Dict
+from typing import Any, Dict, List
 
 from omegaconf import DictConfig, ListConfig
 
@@ -58,7 +59,9 @@ def _check_type(value: Any, tp: Any, path: str, errors: list[str], unknown: list
             if k not in hints:
                 near = difflib.get_close_matches(str(k), list(hints), n=1)
                 (errors if unknown is None else unknown).append(
-                    f"{sub}: unknown key" + (f" (did you mean '{near[0]}'?)" if near else f"; known: {', '.join(hints)}"))
+                    f"{sub}: unknown key"
+                    + (f" (did you mean '{near[0]}'?)" if near else f"; known: {', '.join(hints)}")
+                )
                 continue
             before = len(errors)
             _check_type(v, hints[k], sub, errors, unknown)
@@ -77,7 +80,11 @@ def _check_type(value: Any, tp: Any, path: str, errors: list[str], unknown: list
         for i, v in enumerate(value):
             before = len(errors)
             _check_type(v, item, f"{path}[{i}]", errors, unknown)
-            if dataclasses.is_dataclass(item) and isinstance(value, list) and any(e.startswith(f"{path}[{i}]: ") for e in errors[before:]):
+            if (
+                dataclasses.is_dataclass(item)
+                and isinstance(value, list)
+                and any(e.startswith(f"{path}[{i}]: ") for e in errors[before:])
+            ):
                 value[i] = dataclasses.asdict(item())  # reported; a default item lets the other checks run
         return
     if origin in (dict, Dict):
@@ -157,9 +164,14 @@ def validate(cfg: dict) -> Resolved:
     for i, c in enumerate(m.get("cast_types") or []):
         canon = keys.canonical_cast_type(c)
         if canon is None:
-            errors.append(f"matrix.cast_types[{i}]: {c!r} is not a cast type; known: {', '.join(keys.CAST_TYPES)} (and aliases)")
+            errors.append(
+                f"matrix.cast_types[{i}]: {c!r} is not a cast type; known: {', '.join(keys.CAST_TYPES)} (and aliases)"
+            )
         elif backend is not None and canon not in backend.cast_types:
-            errors.append(f"matrix.cast_types[{i}]: {c!r} is not supported by backend {bname}; it supports {', '.join(backend.cast_types)}")
+            errors.append(
+                f"matrix.cast_types[{i}]: {c!r} is not supported by backend {bname}; it supports "
+                f"{', '.join(backend.cast_types)}"
+            )
         casts.append(canon)
     if not m.get("cast_types"):
         errors.append("matrix.cast_types: empty; list at least one cast type (e.g. [fp32])")
@@ -185,7 +197,10 @@ def validate(cfg: dict) -> Resolved:
             continue
         models.append((info, path))
         if backend is not None and info.task not in backend.tasks:
-            errors.append(f"{path}.task: {info.task!r} is not supported by backend {bname}; it supports {', '.join(backend.tasks)}")
+            errors.append(
+                f"{path}.task: {info.task!r} is not supported by backend {bname}; it supports "
+                f"{', '.join(backend.tasks)}"
+            )
     names = [info.name for info, _ in models]
     for dup in sorted({n for n in names if names.count(n) > 1}):
         errors.append(f"matrix.models: two models are named {dup!r}; give one a `name:`")
@@ -202,13 +217,20 @@ def validate(cfg: dict) -> Resolved:
             if k not in known_values:
                 errors.append(f"matrix.exclude[{j}].{k}: unknown key; known: {', '.join(known_values)}")
             elif (keys.canonical_cast_type(v) if k == "cast_type" else v) not in known_values[k]:
-                errors.append(f"matrix.exclude[{j}].{k}: {v!r} is not in the matrix (values: {', '.join(map(str, sorted(known_values[k], key=str)))})")
+                errors.append(
+                    f"matrix.exclude[{j}].{k}: {v!r} is not in the matrix (values: "
+                    f"{', '.join(map(str, sorted(known_values[k], key=str)))})"
+                )
     for j, inc in enumerate(m.get("include") or []):
         for k, v in inc.items():
             if k not in ("model", "batch_size", "sequence_length", "cast_type"):
-                errors.append(f"matrix.include[{j}].{k}: unknown key; known: model, batch_size, sequence_length, cast_type")
+                errors.append(
+                    f"matrix.include[{j}].{k}: unknown key; known: model, batch_size, sequence_length, cast_type"
+                )
         if inc.get("model") not in known_values["model"]:
-            errors.append(f"matrix.include[{j}].model: {inc.get('model')!r} is not a model of the matrix ({', '.join(names)})")
+            errors.append(
+                f"matrix.include[{j}].model: {inc.get('model')!r} is not a model of the matrix ({', '.join(names)})"
+            )
         if "cast_type" in inc and keys.canonical_cast_type(inc["cast_type"]) is None:
             errors.append(f"matrix.include[{j}].cast_type: {inc['cast_type']!r} is not a cast type")
         for axis in ("batch_size", "sequence_length"):
@@ -223,13 +245,18 @@ def validate(cfg: dict) -> Resolved:
         axes = TASKS[info.task].axes
         for axis in axes:
             if combo["shapes"].get(axis) is None:
-                errors.append(f"{where['shape']}.{axis}: required for task {info.task} of {info.name} (mandatory axes: {', '.join(axes)})")
+                errors.append(
+                    f"{where['shape']}.{axis}: required for task {info.task} of {info.name} (mandatory axes: "
+                    f"{', '.join(axes)})"
+                )
         seq = combo["shapes"].get("sequence_length")
         maxp = info.max_positions
         if maxp is not None and seq is not None:
             limit = maxp - POSITION_OFFSET.get((info.config or {}).get("model_type"), 0)
             if seq > limit:
-                errors.append(f"{where['shape']}.sequence_length: {seq} exceeds max_position_embeddings {limit} of {info.name}")
+                errors.append(
+                    f"{where['shape']}.sequence_length: {seq} exceeds max_position_embeddings {limit} of {info.name}"
+                )
         if backend is not None and combo["cast_type"] is not None:  # an unknown cast type is reported above
             job = validation_job(info, combo["shapes"], combo["cast_type"], m["auto_cast"], m["dynamic_batch_size"])
             for msg in backend.validate(job):
@@ -244,7 +271,11 @@ def validate(cfg: dict) -> Resolved:
                     path = mpath
                 else:
                     path = f"matrix.{field_}"
-                errors.append(f"{path}:{text} ({info.name}, {combo['cast_type']}, b{combo['shapes'].get('batch_size')} s{seq})" if not field_.startswith("backend") else f"{path}:{text}")
+                errors.append(
+                    f"{path}:{text} ({info.name}, {combo['cast_type']}, b{combo['shapes'].get('batch_size')} s{seq})"
+                    if not field_.startswith("backend")
+                    else f"{path}:{text}"
+                )
     if errors:
         raise ConfigError(list(dict.fromkeys(errors)))
     return Resolved(cfg=cfg, models=[info for info, _ in models])

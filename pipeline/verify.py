@@ -9,6 +9,7 @@ runs a compiled artifact in a fresh process: proof that it loads without the mod
 `python -m pipeline.verify --standby ARTIFACT_DIR` imports torch first and then reads those three
 arguments as a JSON list from stdin, so a worker can start it before its compile ends.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -60,7 +61,9 @@ def _valid_mask(ref, mask):
     return torch.ones(ref.shape[:1], dtype=torch.bool)
 
 
-def output_metrics(ref, got, mask=None, argmax: bool = False, atol: float | None = None, rtol: float | None = None) -> dict:
+def output_metrics(
+    ref, got, mask=None, argmax: bool = False, atol: float | None = None, rtol: float | None = None
+) -> dict:
     import torch
 
     ref, got = ref.detach().float(), got.detach().float()
@@ -78,7 +81,9 @@ def output_metrics(ref, got, mask=None, argmax: bool = False, atol: float | None
         "nonfinite": int((~torch.isfinite(g)).sum().item()),
     }
     if r.dim() >= 2:  # per position (token or row) cosine, worst case
-        m["min_position_cosine"] = torch.nn.functional.cosine_similarity(g.flatten(1), r.flatten(1), dim=1, eps=1e-12).min().item()
+        m["min_position_cosine"] = (
+            torch.nn.functional.cosine_similarity(g.flatten(1), r.flatten(1), dim=1, eps=1e-12).min().item()
+        )
     if argmax:
         m["argmax_agreement"] = (g.argmax(-1) == r.argmax(-1)).float().mean().item()
     if atol is not None or rtol is not None:
@@ -95,8 +100,11 @@ def gate(metrics: dict[str, dict], tolerance: dict) -> str | None:
         if m.get("nonfinite"):
             return f"{name}: {m['nonfinite']} non-finite values"
         if m.get("allclose_violations") and (tolerance.get("atol") is not None or tolerance.get("rtol") is not None):
-            return (f"{name}: max_abs {m['max_abs']:.3g} exceeds atol {tolerance.get('atol')} + rtol {tolerance.get('rtol')}"
-                    f" at {m['allclose_violations']} positions")
+            return (
+                f"{name}: max_abs {m['max_abs']:.3g} exceeds atol {tolerance.get('atol')} + rtol "
+                f"{tolerance.get('rtol')}"
+                f" at {m['allclose_violations']} positions"
+            )
         checks = [
             ("rel_error", "max_rel_error", lambda v, t: v <= t, ">"),
             ("cosine", "min_cosine", lambda v, t: v >= t, "<"),
@@ -110,7 +118,9 @@ def gate(metrics: dict[str, dict], tolerance: dict) -> str | None:
     return None
 
 
-def decoder_reference(model, batch_size: int, sequence_length: int, generate_tokens: int, seed: int) -> tuple[dict, dict]:
+def decoder_reference(
+    model, batch_size: int, sequence_length: int, generate_tokens: int, seed: int
+) -> tuple[dict, dict]:
     """Seeded prompts; the eager model's logits on them and its greedy continuation.
 
     The prompt takes a quarter of the compiled length (at most 8 tokens) and the rest, up to
@@ -129,8 +139,15 @@ def decoder_reference(model, batch_size: int, sequence_length: int, generate_tok
         pad = (eos[0] if isinstance(eos, list) else eos) if eos is not None else 0
     with torch.no_grad():
         logits = model(input_ids=prompt, attention_mask=torch.ones_like(prompt)).logits.float()
-        generated = model.generate(prompt, attention_mask=torch.ones_like(prompt), do_sample=False, max_new_tokens=n,
-                                   min_new_tokens=n, pad_token_id=pad, num_beams=1)
+        generated = model.generate(
+            prompt,
+            attention_mask=torch.ones_like(prompt),
+            do_sample=False,
+            max_new_tokens=n,
+            min_new_tokens=n,
+            pad_token_id=pad,
+            num_beams=1,
+        )
     return {"input_ids": prompt}, {"logits": logits, "generated": generated}
 
 
@@ -148,8 +165,14 @@ def run_decoder(runtime: DecoderRuntime, prompt, generate_tokens: int) -> dict:
 
 def decoder_metrics(reference: dict, got: dict, prompt_length: int, tolerance: dict) -> dict:
     """Prefill-logit metrics and greedy agreement of a decoder (the gate reads both)."""
-    ref_logits = reference["logits"] if got["logits"].shape[1] == reference["logits"].shape[1] else reference["logits"][:, -1:]
-    metrics = {"logits": output_metrics(ref_logits, got["logits"], None, argmax=True, atol=tolerance.get("atol"), rtol=tolerance.get("rtol"))}
+    ref_logits = (
+        reference["logits"] if got["logits"].shape[1] == reference["logits"].shape[1] else reference["logits"][:, -1:]
+    )
+    metrics = {
+        "logits": output_metrics(
+            ref_logits, got["logits"], None, argmax=True, atol=tolerance.get("atol"), rtol=tolerance.get("rtol")
+        )
+    }
     agreement = greedy_agreement(reference["generated"], got["generated"], prompt_length=prompt_length)
     metrics["generated"] = {**agreement, "token_agreement": agreement["agreement_rate"]}
     return metrics
@@ -215,8 +238,14 @@ def start_standby(backend: str, folder: Path, log: Path):
     import subprocess
 
     with open(log, "w") as out:
-        return subprocess.Popen([sys.executable, "-m", "pipeline.verify", "--standby", backend, str(folder)], stdin=subprocess.PIPE,
-                                stdout=out, stderr=subprocess.STDOUT, text=True, env=os.environ.copy())
+        return subprocess.Popen(
+            [sys.executable, "-m", "pipeline.verify", "--standby", backend, str(folder)],
+            stdin=subprocess.PIPE,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            text=True,
+            env=os.environ.copy(),
+        )
 
 
 def _main(argv: list[str]) -> int:

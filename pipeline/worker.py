@@ -15,6 +15,7 @@ CPU fp32 reference, compile, run the artifact in a FRESH process on the same inp
 and rename the entry into place only when it passed. stdout/stderr (Inductor, g++) go to
 the entry's logs/compile.log.
 """
+
 from __future__ import annotations
 
 import json
@@ -55,7 +56,14 @@ def _restore_output(saved) -> None:
     os.dup2(saved[1], 2)
 
 
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "vocab.json", "spiece.model", "tokenizer.model")
+TOKENIZER_FILES = (
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "vocab.txt",
+    "vocab.json",
+    "spiece.model",
+    "tokenizer.model",
+)
 
 
 def _tokenizer(path: str, revision: str | None, local: bool):
@@ -78,7 +86,11 @@ def _tokenizer(path: str, revision: str | None, local: bool):
     try:
         return AutoTokenizer.from_pretrained(path, revision=revision, trust_remote_code=False)
     except Exception as e:
-        raise JobFailed(f"tokenizer of {path} could not be loaded: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"[:400]) from e
+        raise JobFailed(
+            f"tokenizer of {path} could not be loaded: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"[
+                :400
+            ]
+        ) from e
 
 
 def build_artifact(job: dict, cache: Cache, tmp: Path, timings: dict) -> dict:
@@ -112,7 +124,9 @@ def _build(job: dict, cache: Cache, tmp: Path, timings: dict, backend, verifier)
 
     torch.manual_seed(job["verify"]["seed"])
     shapes = spec["shapes"]
-    ref_path = verify.reference_path(cache.root, spec, job["verify"]["seed"], job["verify"]["generate_tokens"] if task.decoder else None)
+    ref_path = verify.reference_path(
+        cache.root, spec, job["verify"]["seed"], job["verify"]["generate_tokens"] if task.decoder else None
+    )
     t = time.perf_counter()
     if ref_path.is_file():
         saved = verify.load_tensors(ref_path)
@@ -121,14 +135,27 @@ def _build(job: dict, cache: Cache, tmp: Path, timings: dict, backend, verifier)
         timings["reference_reused"] = True
     else:
         if task.decoder:
-            inputs, reference = verify.decoder_reference(model, shapes["batch_size"], shapes["sequence_length"],
-                                                         job["verify"]["generate_tokens"], job["verify"]["seed"])
+            inputs, reference = verify.decoder_reference(
+                model,
+                shapes["batch_size"],
+                shapes["sequence_length"],
+                job["verify"]["generate_tokens"],
+                job["verify"]["seed"],
+            )
         else:
-            inputs = tasks.example_inputs(model.config.to_dict(), shapes["batch_size"], shapes["sequence_length"], job["verify"]["seed"], tokenizer)
+            inputs = tasks.example_inputs(
+                model.config.to_dict(),
+                shapes["batch_size"],
+                shapes["sequence_length"],
+                job["verify"]["seed"],
+                tokenizer,
+            )
             with torch.no_grad():
                 out = model(**inputs, return_dict=True)
             reference = {name: out[name].float() for name in task.outputs}
-        verify.save_tensors({**{f"in.{k}": v for k, v in inputs.items()}, **{f"ref.{k}": v for k, v in reference.items()}}, ref_path)
+        verify.save_tensors(
+            {**{f"in.{k}": v for k, v in inputs.items()}, **{f"ref.{k}": v for k, v in reference.items()}}, ref_path
+        )
     timings["reference_s"] = round(time.perf_counter() - t, 3)
 
     t = time.perf_counter()
@@ -142,8 +169,15 @@ def _build(job: dict, cache: Cache, tmp: Path, timings: dict, backend, verifier)
     config = model.config.to_dict()
     config.update(section)
     config["pipeline"] = {
-        "key": job["key"], "spec": spec, "task": job["task"], "shapes": shapes, "cast_type": spec["cast_type"],
-        "backend": backend.name, "backend_options": job["backend_options"], "model_id": job["model"]["id"], "input_names": list(inputs),
+        "key": job["key"],
+        "spec": spec,
+        "task": job["task"],
+        "shapes": shapes,
+        "cast_type": spec["cast_type"],
+        "backend": backend.name,
+        "backend_options": job["backend_options"],
+        "model_id": job["model"]["id"],
+        "input_names": list(inputs),
     }
     (tmp / "config.json").write_text(json.dumps(config, indent=1, sort_keys=True))
     if tokenizer is not None:
@@ -155,10 +189,15 @@ def _build(job: dict, cache: Cache, tmp: Path, timings: dict, backend, verifier)
     work.mkdir()
     verify.save_tensors(inputs, work / "inputs.safetensors")
     generate_tokens = reference["generated"].shape[1] - inputs["input_ids"].shape[1] if task.decoder else 0
-    verifier.communicate(json.dumps([str(tmp), str(work / "inputs.safetensors"), str(work / "outputs.safetensors"), generate_tokens]) + "\n")
+    verifier.communicate(
+        json.dumps([str(tmp), str(work / "inputs.safetensors"), str(work / "outputs.safetensors"), generate_tokens])
+        + "\n"
+    )
     if verifier.returncode != 0:
         tail = (tmp / "logs" / "verify.log").read_text().strip().splitlines()[-1:] or [""]
-        raise JobFailed(f"compiled artifact failed to load/run in a fresh process (exit {verifier.returncode}): {tail[0][:300]}")
+        raise JobFailed(
+            f"compiled artifact failed to load/run in a fresh process (exit {verifier.returncode}): {tail[0][:300]}"
+        )
     got = verify.load_tensors(work / "outputs.safetensors")
     shutil.rmtree(work)
     timings["verify_s"] = round(time.perf_counter() - t, 3)
@@ -168,7 +207,10 @@ def _build(job: dict, cache: Cache, tmp: Path, timings: dict, backend, verifier)
     if task.decoder:
         metrics = verify.decoder_metrics(reference, got, inputs["input_ids"].shape[1], tol)
     else:
-        metrics = {name: verify.output_metrics(reference[name], got[name], mask, task.argmax, tol.get("atol"), tol.get("rtol")) for name in task.outputs}
+        metrics = {
+            name: verify.output_metrics(reference[name], got[name], mask, task.argmax, tol.get("atol"), tol.get("rtol"))
+            for name in task.outputs
+        }
     broken = verify.gate(metrics, tol)
     if broken:
         raise JobFailed(f"verification failed: {broken}", metrics)
@@ -178,11 +220,20 @@ def _build(job: dict, cache: Cache, tmp: Path, timings: dict, backend, verifier)
 def run_job(job: dict, warm_start: bool = False) -> dict:
     cache = Cache(job["cache_dir"])
     key = job["key"]
-    result = {"key": key, "status": "failed", "error": None, "metrics": {}, "timings": {"warm_start": warm_start}, "artifact": None}
+    result = {
+        "key": key,
+        "status": "failed",
+        "error": None,
+        "metrics": {},
+        "timings": {"warm_start": warm_start},
+        "artifact": None,
+    }
     with cache.lock(key):
         folder, why = cache.lookup(key)
         if folder is not None:
-            return dict(result, status="cached", artifact=str(folder), metrics=(cache.manifest(key) or {}).get("metrics", {}))
+            return dict(
+                result, status="cached", artifact=str(folder), metrics=(cache.manifest(key) or {}).get("metrics", {})
+            )
         result["notes"] = [why] if why else []
         cache.clear_stale_tmp(key)
         tmp = cache.new_tmp(key)
@@ -193,8 +244,15 @@ def run_job(job: dict, warm_start: bool = False) -> dict:
             result["timings"]["total_s"] = round(time.perf_counter() - start, 3)
             _restore_output(saved)
             saved = None
-            manifest = {"spec": job["spec"], "metrics": metrics, "timings": result["timings"], "verification": {"status": "passed", "tolerance": job["verify"]["tolerance"]},
-                        "versions": job["spec"]["toolchain"], "model": job["model"], "task": job["task"]}
+            manifest = {
+                "spec": job["spec"],
+                "metrics": metrics,
+                "timings": result["timings"],
+                "verification": {"status": "passed", "tolerance": job["verify"]["tolerance"]},
+                "versions": job["spec"]["toolchain"],
+                "model": job["model"],
+                "task": job["task"],
+            }
             dest = cache.commit(key, tmp, manifest)
             return dict(result, status="passed", metrics=metrics, artifact=str(dest))
         except Exception as e:
@@ -204,14 +262,29 @@ def run_job(job: dict, warm_start: bool = False) -> dict:
             error = str(e.args[0]) if isinstance(e, JobFailed) else f"{type(e).__name__}: {e}"
             metrics = e.args[1] if isinstance(e, JobFailed) and len(e.args) > 1 else {}
             log = tmp / "logs" / "compile.log"
-            cache.record_failure(key, {"error": error, "spec": job["spec"], "metrics": metrics, "model": job["model"],
-                                       "log_tail": log.read_text()[-4000:] if log.is_file() else ""})
-            return dict(result, error=error, metrics=metrics, timings=dict(result["timings"], total_s=round(time.perf_counter() - start, 3)))
+            cache.record_failure(
+                key,
+                {
+                    "error": error,
+                    "spec": job["spec"],
+                    "metrics": metrics,
+                    "model": job["model"],
+                    "log_tail": log.read_text()[-4000:] if log.is_file() else "",
+                },
+            )
+            return dict(
+                result,
+                error=error,
+                metrics=metrics,
+                timings=dict(result["timings"], total_s=round(time.perf_counter() - start, 3)),
+            )
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
 
 
-def run_worker(job: dict, work: Path, timeout_s: float, standby: subprocess.Popen | None = None, env: dict | None = None) -> dict:
+def run_worker(
+    job: dict, work: Path, timeout_s: float, standby: subprocess.Popen | None = None, env: dict | None = None
+) -> dict:
     """One attempt in a fresh process (a standby one when given, else one started with `env`);
     a transient fault comes back as status 'transient'."""
     work.mkdir(parents=True, exist_ok=True)
@@ -227,8 +300,13 @@ def run_worker(job: dict, work: Path, timeout_s: float, standby: subprocess.Pope
             except OSError:  # it died while waiting: start this job cold
                 proc = None
         if proc is None:
-            proc = subprocess.Popen([sys.executable, "-m", "pipeline.worker", str(job_file), str(result_file)],
-                                    stdout=log, stderr=subprocess.STDOUT, start_new_session=True, env=env)
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "pipeline.worker", str(job_file), str(result_file)],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+                env=env,
+            )
         try:
             proc.wait(timeout=timeout_s)
         except subprocess.TimeoutExpired:
@@ -237,7 +315,9 @@ def run_worker(job: dict, work: Path, timeout_s: float, standby: subprocess.Pope
             return {"status": "transient", "error": f"timed out after {timeout_s:.0f} s (timeout_s)"}
     if result_file.is_file():
         return json.loads(result_file.read_text())
-    how = f"killed by signal {-proc.returncode}" if proc.returncode < 0 else f"exited {proc.returncode} without a result"
+    how = (
+        f"killed by signal {-proc.returncode}" if proc.returncode < 0 else f"exited {proc.returncode} without a result"
+    )
     tail = log_file.read_text(errors="replace").strip().splitlines()[-1:] if log_file.is_file() else []
     return {"status": "transient", "error": f"worker {how}" + (f": {tail[0][:300]}" if tail else "")}
 

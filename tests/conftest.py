@@ -3,6 +3,7 @@
 Compiles are expensive (~10-15 s each on 2 cores), so tests share one cache dir and one
 Inductor cache dir per session; a test that needs a clean cache makes its own tmp one.
 """
+
 from __future__ import annotations
 
 import json
@@ -30,8 +31,14 @@ def cli_env(**extra: str) -> dict:
 
 def run_cli(*args: str, env: dict | None = None, timeout: float = 1800) -> subprocess.CompletedProcess:
     """`python -m pipeline ARGS` from the repo root, as a user runs it."""
-    return subprocess.run([sys.executable, "-m", "pipeline", *args], cwd=REPO, env=env or cli_env(),
-                          capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "pipeline", *args],
+        cwd=REPO,
+        env=env or cli_env(),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 def latest_report(report_dir: Path) -> dict:

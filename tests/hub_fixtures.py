@@ -2,6 +2,7 @@
 
 Import the fixture into a test module: ``from hub_fixtures import hub, HubProc, TOKEN``.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -28,7 +29,12 @@ def hub_client_online():
     constants are flipped too, and restored afterwards."""
     import huggingface_hub.constants as c
 
-    saved = c.HF_HUB_OFFLINE, c.HF_HUB_DISABLE_XET, os.environ.get("HF_HUB_OFFLINE"), os.environ.get("HF_HUB_DISABLE_XET")
+    saved = (
+        c.HF_HUB_OFFLINE,
+        c.HF_HUB_DISABLE_XET,
+        os.environ.get("HF_HUB_OFFLINE"),
+        os.environ.get("HF_HUB_DISABLE_XET"),
+    )
     c.HF_HUB_OFFLINE, c.HF_HUB_DISABLE_XET = False, True
     os.environ["HF_HUB_OFFLINE"], os.environ["HF_HUB_DISABLE_XET"] = "0", "1"
     try:
@@ -56,7 +62,9 @@ class HubProc:
 
     def test_api(self, path: str, body: dict | None = None, method: str | None = None) -> dict:
         data = json.dumps(body).encode() if body is not None else None
-        req = urllib.request.Request(self.url + path, data=data, method=method, headers={"Content-Type": "application/json"})
+        req = urllib.request.Request(
+            self.url + path, data=data, method=method, headers={"Content-Type": "application/json"}
+        )
         with urllib.request.urlopen(req, timeout=10) as r:
             return json.loads(r.read())
 

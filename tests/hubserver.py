@@ -52,7 +52,6 @@ import hashlib
 import json
 import os
 import re
-import shutil
 import signal
 import sys
 import tempfile
@@ -67,8 +66,19 @@ DEFAULT_BRANCH = "main"
 STALE_PARENT_MESSAGE = "A commit has happened since. Please refresh and try again."
 # Route names usable as "<route>_status" fault keys.
 ROUTES = (
-    "whoami", "create_repo", "delete_repo", "info", "preupload", "commit", "tree", "paths_info",
-    "refs", "commits", "branch", "tag", "resolve",
+    "whoami",
+    "create_repo",
+    "delete_repo",
+    "info",
+    "preupload",
+    "commit",
+    "tree",
+    "paths_info",
+    "refs",
+    "commits",
+    "branch",
+    "tag",
+    "resolve",
 )
 # repo type -> URL prefix of its web/resolve URLs (mirrors constants.REPO_TYPES_URL_PREFIXES)
 REPO_TYPES = {"model": "", "dataset": "datasets/", "space": "spaces/", "kernel": "kernels/"}
@@ -82,8 +92,9 @@ class HubError(Exception):
     ``X-Error-Code`` / ``X-Error-Message`` headers, which ``hf_raise_for_status`` maps to
     RepositoryNotFoundError / RevisionNotFoundError / RemoteEntryNotFoundError."""
 
-    def __init__(self, status: int, message: str, code: str | None = None, headers: dict | None = None,
-                 body: dict | None = None):
+    def __init__(
+        self, status: int, message: str, code: str | None = None, headers: dict | None = None, body: dict | None = None
+    ):
         super().__init__(message)
         self.status, self.message, self.code = status, message, code
         self.headers = headers or {}
@@ -175,6 +186,7 @@ class Store:
 
 # ---------------------------------------------------------------- repo state helpers
 
+
 def _make_commit_id(parent: str | None, tree: dict, summary: str, description: str, date: str) -> str:
     """40-hex id (the client's REGEX_COMMIT_HASH) that is unique per commit."""
     payload = json.dumps([parent, tree, summary, description, date, uuid.uuid4().hex], sort_keys=True)
@@ -184,17 +196,23 @@ def _make_commit_id(parent: str | None, tree: dict, summary: str, description: s
 def _new_commit(state: dict, parent: str | None, tree: dict, summary: str, description: str) -> str:
     date = _now_iso()
     cid = _make_commit_id(parent, tree, summary, description, date)
-    state["commits"][cid] = {"parent": parent, "summary": summary, "description": description,
-                             "date": date, "author": USER, "tree": tree}
+    state["commits"][cid] = {
+        "parent": parent,
+        "summary": summary,
+        "description": description,
+        "date": date,
+        "author": USER,
+        "tree": tree,
+    }
     return cid
 
 
 def resolve_revision(state: dict, rev: str) -> str:
     """Branch, tag, ``refs/heads|tags/..``, ``refs/pr/N`` or full commit sha -> commit id."""
     if rev.startswith("refs/heads/"):
-        rev = rev[len("refs/heads/"):]
+        rev = rev[len("refs/heads/") :]
     elif rev.startswith("refs/tags/"):
-        rev = rev[len("refs/tags/"):]
+        rev = rev[len("refs/tags/") :]
     if rev in state["branches"]:
         return state["branches"][rev]
     if rev in state["tags"]:
@@ -263,6 +281,7 @@ def _check_path(path: str) -> str:
 
 
 # ---------------------------------------------------------------- HTTP layer
+
 
 class HubServer(ThreadingHTTPServer):
     """ThreadingHTTPServer carrying the shared store, auth token, faults and counters."""
@@ -341,8 +360,9 @@ class HubHandler(BaseHTTPRequestHandler):
     def _base_url(self) -> str:
         return "http://" + (self.headers.get("Host") or "%s:%s" % self.server.server_address[:2])
 
-    def _send(self, status: int, body: bytes = b"", content_type: str = "application/json",
-              headers: dict | None = None) -> None:
+    def _send(
+        self, status: int, body: bytes = b"", content_type: str = "application/json", headers: dict | None = None
+    ) -> None:
         self.send_response(status)
         self.send_header("Content-Type", content_type)
         self.send_header("Content-Length", str(len(body)))
@@ -451,7 +471,7 @@ class HubHandler(BaseHTTPRequestHandler):
             self._fault("preupload")
             return self._preupload(state, rest[1])
         if method == "POST" and head == "commit" and len(rest) == 2:
-            key = (REPO_TYPES[repo_type] + repo_id)
+            key = REPO_TYPES[repo_type] + repo_id
             self.server.bump("commit_requests", key)
             self._fault("commit")
             return self._commit(repo_type, repo_id, rest[1], key)
@@ -486,11 +506,19 @@ class HubHandler(BaseHTTPRequestHandler):
         given = self._bearer()
         if given is None or (self.server.token is not None and given != self.server.token):
             raise HubError(401, "Invalid credentials in Authorization header")
-        self._json({
-            "type": "user", "id": "0" * 24, "name": USER, "fullname": "Test User",
-            "email": "tester@example.invalid", "emailVerified": True, "isPro": False, "orgs": [],
-            "auth": {"type": "access_token", "accessToken": {"displayName": "test", "role": "write"}},
-        })
+        self._json(
+            {
+                "type": "user",
+                "id": "0" * 24,
+                "name": USER,
+                "fullname": "Test User",
+                "email": "tester@example.invalid",
+                "emailVerified": True,
+                "isPro": False,
+                "orgs": [],
+                "auth": {"type": "access_token", "accessToken": {"displayName": "test", "role": "write"}},
+            }
+        )
 
     def _repo_url(self, repo_type: str, repo_id: str) -> str:
         return f"{self._base_url()}/{REPO_TYPES[repo_type]}{repo_id}"
@@ -508,11 +536,22 @@ class HubHandler(BaseHTTPRequestHandler):
         store = self.server.store
         with store.lock():
             if store.load(repo_type, repo_id) is not None:
-                raise HubError(409, f"You already created this {repo_type} repo",
-                               body={"error": f"You already created this {repo_type} repo", "url": url})
+                raise HubError(
+                    409,
+                    f"You already created this {repo_type} repo",
+                    body={"error": f"You already created this {repo_type} repo", "url": url},
+                )
             private = bool(req.get("private")) or req.get("visibility") == "private"
-            state = {"type": repo_type, "id": repo_id, "private": private, "createdAt": _now_iso(),
-                     "branches": {}, "tags": {}, "pulls": {}, "commits": {}}
+            state = {
+                "type": repo_type,
+                "id": repo_id,
+                "private": private,
+                "createdAt": _now_iso(),
+                "branches": {},
+                "tags": {},
+                "pulls": {},
+                "commits": {},
+            }
             # Like the Hub, a new repo has one initial commit on main (here with an empty tree).
             state["branches"][DEFAULT_BRANCH] = _new_commit(state, None, {}, "initial commit", "")
             store.save(repo_type, repo_id, state)
@@ -539,14 +578,25 @@ class HubHandler(BaseHTTPRequestHandler):
             if blobs:
                 sib.update(size=e["size"], blobId=e["oid"])
             siblings.append(sib)
-        self._json({
-            "_id": hashlib.sha1(repo_id.encode()).hexdigest()[:24], "id": repo_id,
-            "author": repo_id.split("/")[0], "sha": cid, "lastModified": commit["date"],
-            "createdAt": state["createdAt"], "private": state["private"], "gated": False,
-            "disabled": False, "downloads": 0, "likes": 0, "tags": [], "siblings": siblings,
-            "usedStorage": sum(e["size"] for e in commit["tree"].values()),
-            **({"cardData": {}} if repo_type != "model" else {}),
-        })
+        self._json(
+            {
+                "_id": hashlib.sha1(repo_id.encode()).hexdigest()[:24],
+                "id": repo_id,
+                "author": repo_id.split("/")[0],
+                "sha": cid,
+                "lastModified": commit["date"],
+                "createdAt": state["createdAt"],
+                "private": state["private"],
+                "gated": False,
+                "disabled": False,
+                "downloads": 0,
+                "likes": 0,
+                "tags": [],
+                "siblings": siblings,
+                "usedStorage": sum(e["size"] for e in commit["tree"].values()),
+                **({"cardData": {}} if repo_type != "model" else {}),
+            }
+        )
 
     def _preupload(self, state: dict, rev: str) -> None:
         req = json.loads(self.body or b"{}")
@@ -557,8 +607,14 @@ class HubHandler(BaseHTTPRequestHandler):
         files = []
         for f in req.get("files", []):
             remote = tree.get(f["path"])
-            files.append({"path": f["path"], "uploadMode": "regular", "shouldIgnore": False,
-                          "oid": remote["oid"] if remote else None})
+            files.append(
+                {
+                    "path": f["path"],
+                    "uploadMode": "regular",
+                    "shouldIgnore": False,
+                    "oid": remote["oid"] if remote else None,
+                }
+            )
         self._json({"files": files, "commitOid": None})
 
     def _parse_commit_body(self) -> tuple[dict, list[tuple[str, dict]]]:
@@ -614,7 +670,7 @@ class HubHandler(BaseHTTPRequestHandler):
         with store.lock():
             state = self._load_repo(repo_type, repo_id, authed=True)
             if rev.startswith("refs/heads/"):
-                rev = rev[len("refs/heads/"):]
+                rev = rev[len("refs/heads/") :]
             pr_num = None
             if create_pr:
                 base = resolve_revision(state, rev)
@@ -628,8 +684,7 @@ class HubHandler(BaseHTTPRequestHandler):
                 elif rev in state["branches"]:
                     head = state["branches"][rev]
                 else:
-                    raise HubError(404, f"Invalid rev id: {rev} (commits must target a branch)",
-                                   "RevisionNotFound")
+                    raise HubError(404, f"Invalid rev id: {rev} (commits must target a branch)", "RevisionNotFound")
             parent_commit = header.get("parentCommit")
             if parent_commit and not create_pr and not head.startswith(parent_commit.lower()):
                 raise HubError(412, STALE_PARENT_MESSAGE)
@@ -657,10 +712,14 @@ class HubHandler(BaseHTTPRequestHandler):
             store.save(repo_type, repo_id, state)
         self.server.bump("commits", key)
         repo_url = self._repo_url(repo_type, repo_id)
-        self._json({
-            "success": True, "commitOid": cid, "commitUrl": f"{repo_url}/commit/{cid}",
-            "pullRequestUrl": f"{repo_url}/discussions/{pr_num}" if create_pr else None,
-        })
+        self._json(
+            {
+                "success": True,
+                "commitOid": cid,
+                "commitUrl": f"{repo_url}/commit/{cid}",
+                "pullRequestUrl": f"{repo_url}/discussions/{pr_num}" if create_pr else None,
+            }
+        )
 
     def _tree(self, state: dict, rev: str, path: str) -> None:
         cid = resolve_revision(state, rev)
@@ -674,7 +733,7 @@ class HubHandler(BaseHTTPRequestHandler):
         prefix = path + "/" if path else ""
         names = [p for p in sorted(set(tree) | dirs) if p.startswith(prefix)]
         if not recursive:
-            names = [p for p in names if "/" not in p[len(prefix):]]
+            names = [p for p in names if "/" not in p[len(prefix) :]]
         # Hub order: folders first, then files.
         names.sort(key=lambda p: (p in tree, p))
         self._json([_entry(state, cid, tree, p, expand) for p in names], headers={"X-Repo-Commit": cid})
@@ -693,18 +752,27 @@ class HubHandler(BaseHTTPRequestHandler):
         cid = resolve_revision(state, rev)
         tree = state["commits"][cid]["tree"]
         dirs = _dirs_of(tree)
-        out = [_entry(state, cid, tree, p.strip("/"), expand) for p in paths
-               if p.strip("/") in tree or p.strip("/") in dirs]
+        out = [
+            _entry(state, cid, tree, p.strip("/"), expand)
+            for p in paths
+            if p.strip("/") in tree or p.strip("/") in dirs
+        ]
         self._json(out, headers={"X-Repo-Commit": cid})
 
     def _refs(self, state: dict) -> None:
         def refs(d, prefix):
             return [{"name": n, "ref": f"{prefix}{n}", "targetCommit": c} for n, c in sorted(d.items())]
-        out = {"branches": refs(state["branches"], "refs/heads/"), "converts": [],
-               "tags": refs(state["tags"], "refs/tags/")}
+
+        out = {
+            "branches": refs(state["branches"], "refs/heads/"),
+            "converts": [],
+            "tags": refs(state["tags"], "refs/tags/"),
+        }
         if self.query.get("include_prs", ["0"])[0] in ("1", "true"):
-            out["pullRequests"] = [{"name": f"refs/pr/{n}", "ref": f"refs/pr/{n}", "targetCommit": c}
-                                   for n, c in sorted(state["pulls"].items(), key=lambda kv: int(kv[0]))]
+            out["pullRequests"] = [
+                {"name": f"refs/pr/{n}", "ref": f"refs/pr/{n}", "targetCommit": c}
+                for n, c in sorted(state["pulls"].items(), key=lambda kv: int(kv[0]))
+            ]
         self._json(out)
 
     def _commits(self, state: dict, rev: str) -> None:
@@ -714,8 +782,13 @@ class HubHandler(BaseHTTPRequestHandler):
         while cid is not None:
             c = state["commits"][cid]
             message = c["summary"] + ("\n\n" + c["description"] if c["description"] else "")
-            item = {"id": cid, "authors": [{"user": c["author"]}], "date": c["date"],
-                    "title": c["summary"], "message": message}
+            item = {
+                "id": cid,
+                "authors": [{"user": c["author"]}],
+                "date": c["date"],
+                "title": c["summary"],
+                "message": message,
+            }
             if formatted:
                 item["formatted"] = {"title": c["summary"], "message": message}
             out.append(item)
@@ -780,8 +853,7 @@ class HubHandler(BaseHTTPRequestHandler):
             else:  # suffix range: last N bytes
                 start = max(size - int(m.group(2)), 0)
             if start > end or start >= size:
-                raise HubError(416, "Requested range not satisfiable",
-                               headers={"Content-Range": f"bytes */{size}"})
+                raise HubError(416, "Requested range not satisfiable", headers={"Content-Range": f"bytes */{size}"})
             status = 206
         length = end - start + 1 if size else 0
         self.send_response(status)
@@ -811,12 +883,15 @@ class HubHandler(BaseHTTPRequestHandler):
             with srv.faults_lock:
                 if method == "POST":
                     cfg = json.loads(self.body or b"{}")
-                    unknown = [k for k in cfg if k != "commit_delay_s"
-                               and not (k.endswith("_status") and k[:-7] in ROUTES)]
+                    unknown = [
+                        k for k in cfg if k != "commit_delay_s" and not (k.endswith("_status") and k[:-7] in ROUTES)
+                    ]
                     if unknown:
                         raise HubError(400, f"Unknown fault keys: {unknown}; routes: {list(ROUTES)}")
-                    srv.faults = {k: (list(v) if isinstance(v, list) else [v]) if k.endswith("_status") else v
-                                  for k, v in cfg.items()}
+                    srv.faults = {
+                        k: (list(v) if isinstance(v, list) else [v]) if k.endswith("_status") else v
+                        for k, v in cfg.items()
+                    }
                 elif method == "DELETE":
                     srv.faults = {}
                 return self._json(srv.faults)
@@ -828,8 +903,8 @@ class HubHandler(BaseHTTPRequestHandler):
 
 # ---------------------------------------------------------------- entry points
 
-def start_server(root: str, token: str | None = None, port: int = 0, host: str = "127.0.0.1",
-                 verbose: bool = False):
+
+def start_server(root: str, token: str | None = None, port: int = 0, host: str = "127.0.0.1", verbose: bool = False):
     """Run the server in a daemon thread. Returns ``(url, stop)``; ``stop()`` shuts it down."""
     server = HubServer((host, port), root, token=token, verbose=verbose)
     thread = threading.Thread(target=server.serve_forever, name="hubserver", daemon=True)

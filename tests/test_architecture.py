@@ -6,6 +6,7 @@ only with a comment on that line saying why (`# lazy: ...`): function-local impo
 cycles hide. Heavy third-party imports (torch, transformers, SDKs) stay lazy on purpose and
 are not checked here.
 """
+
 from __future__ import annotations
 
 import ast
@@ -82,7 +83,7 @@ def _cycle(graph: dict[str, set[str]]) -> list[str] | None:
         stack.append(n)
         for m in sorted(graph[n]):
             if state.get(m) == 1:
-                return stack[stack.index(m):] + [m]
+                return stack[stack.index(m) :] + [m]
             if m not in state and (found := visit(m)):
                 return found
         stack.pop()
@@ -112,20 +113,29 @@ def test_the_cycle_check_finds_a_cycle():
 
 def test_no_function_local_import_of_a_pipeline_module_without_a_reason():
     _, local = _graph()
-    assert not local, "function-local imports of pipeline modules (add `# lazy: <why>` or move them to the top):\n" + "\n".join(
-        f"  {m}:{line}: {text}" for m, line, text in local)
+    assert not local, (
+        "function-local imports of pipeline modules (add `# lazy: <why>` or move them to the top):\n"
+        + "\n".join(f"  {m}:{line}: {text}" for m, line, text in local)
+    )
 
 
 def test_every_file_is_small():
-    big = [(p.relative_to(PACKAGE.parent), n) for p in PACKAGE.rglob("*.py") if (n := len(p.read_text().splitlines())) > MAX_LINES]
+    big = [
+        (p.relative_to(PACKAGE.parent), n)
+        for p in PACKAGE.rglob("*.py")
+        if (n := len(p.read_text().splitlines())) > MAX_LINES
+    ]
     assert not big, f"files over {MAX_LINES} lines: {big}"
 
 
 def test_readme_module_table_lists_every_file():
     readme = (PACKAGE.parent / "README.md").read_text()
-    missing = [str(p.relative_to(PACKAGE.parent)) for p in sorted(PACKAGE.rglob("*.py"))
-               if p.name != "__init__.py" or p.parent != PACKAGE
-               if f"`{p.relative_to(PACKAGE.parent).as_posix()}`" not in readme]
+    missing = [
+        str(p.relative_to(PACKAGE.parent))
+        for p in sorted(PACKAGE.rglob("*.py"))
+        if p.name != "__init__.py" or p.parent != PACKAGE
+        if f"`{p.relative_to(PACKAGE.parent).as_posix()}`" not in readme
+    ]
     assert not missing, f"README's module table does not list: {missing}"
 
 

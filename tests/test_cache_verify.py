@@ -1,4 +1,5 @@
 """Cache store and gate, without compiles: atomic entries, integrity, failures, gc; metrics."""
+
 from __future__ import annotations
 
 import json
@@ -110,6 +111,8 @@ def test_argmax_agreement_and_relative_error_gate():
     got = torch.tensor([[2.0, 1.0, 0.0], [0.0, 2.1, 2.0]])
     m = output_metrics(ref, got, argmax=True)
     assert m["argmax_agreement"] == 0.5
-    assert gate({"logits": m}, {"min_argmax_agreement": 1.0}) == "logits: argmax_agreement 0.5 < min_argmax_agreement 1.0"
+    assert (
+        gate({"logits": m}, {"min_argmax_agreement": 1.0}) == "logits: argmax_agreement 0.5 < min_argmax_agreement 1.0"
+    )
     assert gate({"logits": m}, {"max_rel_error": 1e-3}).startswith("logits: rel_error")
-    assert gate({"logits": output_metrics(ref, got[:, :2])}, {}) .startswith("logits: shape")
+    assert gate({"logits": output_metrics(ref, got[:, :2])}, {}).startswith("logits: shape")

@@ -12,6 +12,7 @@ Three layers, all without loading a weight or compiling anything:
 Every CLI run of this module is started at once by the `cli` fixture (each start costs about
 a second of Hydra import), and each test waits only for its own runs.
 """
+
 from __future__ import annotations
 
 import concurrent.futures
@@ -24,18 +25,16 @@ import re
 import subprocess
 import sys
 import textwrap
-from pathlib import Path
 
 import pytest
+from conftest import REPO, cli_env, run_cli
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
-from conftest import REPO, cli_env, run_cli
 from pipeline import keys
 from pipeline.cache import MANIFEST, Cache
-from pipeline.validate import ConfigError, validate
 from pipeline.plan import plan, write_plan
-
+from pipeline.validate import ConfigError, validate
 
 SWEEPS = sorted(p.stem for p in (REPO / "configs" / "sweep").glob("*.yaml"))
 MODEL_FILES = sorted(p.stem for p in (REPO / "configs" / "model").glob("*.yaml"))
@@ -86,98 +85,226 @@ def output(proc: subprocess.CompletedProcess) -> str:
 
 def table_rows(text: str) -> list[list[str]]:
     """The body rows of a rich table as lists of stripped cells."""
-    return [[c.strip() for c in line.strip().strip("│").split("│")] for line in text.splitlines() if line.startswith("│")]
+    return [
+        [c.strip() for c in line.strip().strip("│").split("│")] for line in text.splitlines() if line.startswith("│")
+    ]
 
 
 # --------------------------------------------------------------------------- malformed configs
 # (id, CLI arguments, fragments that must all appear in the output). `mode=validate` is added
 # unless the case names a mode. Each fragment holds the config path and the message.
 BAD = [
-    ("unknown-top-level-key", ["+modee=plan", TINY_BERT],
-     ["modee: unknown key (did you mean 'mode'?)"]),
-    ("unknown-matrix-key", ["+matrix.cast_type=[fp32]", TINY_BERT],
-     ["matrix.cast_type: unknown key (did you mean 'cast_types'?)"]),
-    ("unknown-model-entry-key", ["matrix.models=[{id: artifacts/models/tiny-bert, task: feature-extraction, revison: main}]"],
-     ["matrix.models[0].revison: unknown key (did you mean 'revision'?)"]),
-    ("unknown-inductor-option", ["+backend.devce=cpu", TINY_BERT],
-     ["backend.devce: unknown key (did you mean 'device'?)"]),
-    ("unknown-neuron-option", ["backend=neuron", "+backend.num_core=2", TINY_BERT],
-     ["backend.num_core: unknown key (did you mean 'num_cores'?)"]),
-    ("wrong-types", ["matrix.shapes=[{batch_size: two, sequence_length: 16}]", "timeout_s=abc", "fail_fast=maybe", TINY_BERT],
-     ["3 problems", "matrix.shapes[0].batch_size: expected int, got str 'two'", "timeout_s: expected int, got str 'abc'",
-      "fail_fast: expected bool, got str 'maybe'"]),
-    ("no-models", ["matrix.models=[]"],
-     ["matrix.models: empty"]),
-    ("no-cast-types", ["matrix.cast_types=[]", TINY_BERT],
-     ["matrix.cast_types: empty"]),
-    ("no-shapes", ["matrix.shapes=[]", TINY_BERT],
-     ["matrix.shapes: empty"]),
-    ("shape-below-1", ["matrix.shapes=[{batch_size: 0, sequence_length: -3}]", TINY_BERT],
-     ["matrix.shapes[0].batch_size: must be >= 1, got 0", "matrix.shapes[0].sequence_length: must be >= 1, got -3"]),
-    ("missing-mandatory-axis", ["matrix.shapes=[{batch_size: 1, sequence_length: null}]", TINY_BERT],
-     ["matrix.shapes[0].sequence_length: required for task feature-extraction of tiny-bert"]),
-    ("sequence-above-max-positions", ["+sweep=smoke", "matrix.shapes=[{batch_size: 1, sequence_length: 128}, {batch_size: 1, sequence_length: 4096}]"],
-     ["matrix.shapes[1].sequence_length: 4096 exceeds max_position_embeddings 128 of tiny-bert",
-      # tiny-roberta has 130 positions, 2 of them reserved for the padding offset
-      "matrix.shapes[1].sequence_length: 4096 exceeds max_position_embeddings 128 of tiny-roberta"]),
-    ("unknown-cast-type", ["matrix.cast_types=[fp32, fp8]", TINY_BERT],
-     ["matrix.cast_types[1]: 'fp8' is not a cast type"]),
-    ("cast-type-unsupported-by-backend", ["backend=neuron", "matrix.cast_types=[int8]", TINY_BERT],
-     ["matrix.cast_types[0]: 'int8' is not supported by backend neuron"]),
-    ("unknown-task", ["matrix.models=[{id: artifacts/models/tiny-bert, task: translation}]"],
-     ["matrix.models[0].task: 'translation' is not a supported task"]),
-    ("task-unsupported-with-cast", ["matrix.models=[tiny-gpt2]", "matrix.cast_types=[int8]", "matrix.shapes=[{batch_size: 1, sequence_length: 32}]"],
-     ["matrix.cast_types[0]: int8 is supported for encoder tasks only on the inductor backend (tiny-gpt2"]),
-    ("exclude-not-in-matrix", ["+sweep=smoke", "matrix.exclude=[{model: tiny-gpt2}, {cast_type: fp16}, {modle: tiny-bert}]"],
-     ["matrix.exclude[0].model: 'tiny-gpt2' is not in the matrix", "matrix.exclude[1].cast_type: 'fp16' is not in the matrix",
-      "matrix.exclude[2].modle: unknown key"]),
-    ("include-not-in-matrix", ["+sweep=smoke", "matrix.include=[{model: nope, batch_size: 4}, {model: tiny-bert, cast_type: fp8, batch_size: 0}]"],
-     ["matrix.include[0].model: 'nope' is not a model of the matrix", "matrix.include[1].cast_type: 'fp8' is not a cast type",
-      "matrix.include[1].batch_size: must be an integer >= 1"]),
-    ("model-id-path-traversal", ["matrix.models=[{id: tests/../configs, task: feature-extraction}]"],
-     ["matrix.models[0].id: local model folder 'tests/../configs' has no config.json"]),
-    ("model-id-three-parts", ["matrix.models=[{id: a/b/c, task: feature-extraction}]"],
-     ["matrix.models[0].id: 'a/b/c' is not a valid Hub repo id"]),
-    ("model-id-odd-characters", ["matrix.models=[{id: 'bad id!', task: feature-extraction}]"],
-     ["matrix.models[0].id: 'bad id!' is not a valid Hub repo id"]),
-    ("revision-traversal", ["matrix.models=[{id: google-bert/bert-base-uncased, task: feature-extraction, revision: '../x', max_positions: 512}]"],
-     ["matrix.models[0].revision: '../x' is not a valid revision"]),
-    ("revision-space", ["matrix.models=[{id: google-bert/bert-base-uncased, task: feature-extraction, revision: 'a b', max_positions: 512}]"],
-     ["matrix.models[0].revision: 'a b' is not a valid revision"]),
+    ("unknown-top-level-key", ["+modee=plan", TINY_BERT], ["modee: unknown key (did you mean 'mode'?)"]),
+    (
+        "unknown-matrix-key",
+        ["+matrix.cast_type=[fp32]", TINY_BERT],
+        ["matrix.cast_type: unknown key (did you mean 'cast_types'?)"],
+    ),
+    (
+        "unknown-model-entry-key",
+        ["matrix.models=[{id: artifacts/models/tiny-bert, task: feature-extraction, revison: main}]"],
+        ["matrix.models[0].revison: unknown key (did you mean 'revision'?)"],
+    ),
+    (
+        "unknown-inductor-option",
+        ["+backend.devce=cpu", TINY_BERT],
+        ["backend.devce: unknown key (did you mean 'device'?)"],
+    ),
+    (
+        "unknown-neuron-option",
+        ["backend=neuron", "+backend.num_core=2", TINY_BERT],
+        ["backend.num_core: unknown key (did you mean 'num_cores'?)"],
+    ),
+    (
+        "wrong-types",
+        ["matrix.shapes=[{batch_size: two, sequence_length: 16}]", "timeout_s=abc", "fail_fast=maybe", TINY_BERT],
+        [
+            "3 problems",
+            "matrix.shapes[0].batch_size: expected int, got str 'two'",
+            "timeout_s: expected int, got str 'abc'",
+            "fail_fast: expected bool, got str 'maybe'",
+        ],
+    ),
+    ("no-models", ["matrix.models=[]"], ["matrix.models: empty"]),
+    ("no-cast-types", ["matrix.cast_types=[]", TINY_BERT], ["matrix.cast_types: empty"]),
+    ("no-shapes", ["matrix.shapes=[]", TINY_BERT], ["matrix.shapes: empty"]),
+    (
+        "shape-below-1",
+        ["matrix.shapes=[{batch_size: 0, sequence_length: -3}]", TINY_BERT],
+        ["matrix.shapes[0].batch_size: must be >= 1, got 0", "matrix.shapes[0].sequence_length: must be >= 1, got -3"],
+    ),
+    (
+        "missing-mandatory-axis",
+        ["matrix.shapes=[{batch_size: 1, sequence_length: null}]", TINY_BERT],
+        ["matrix.shapes[0].sequence_length: required for task feature-extraction of tiny-bert"],
+    ),
+    (
+        "sequence-above-max-positions",
+        [
+            "+sweep=smoke",
+            "matrix.shapes=[{batch_size: 1, sequence_length: 128}, {batch_size: 1, sequence_length: 4096}]",
+        ],
+        [
+            "matrix.shapes[1].sequence_length: 4096 exceeds max_position_embeddings 128 of tiny-bert",
+            # tiny-roberta has 130 positions, 2 of them reserved for the padding offset
+            "matrix.shapes[1].sequence_length: 4096 exceeds max_position_embeddings 128 of tiny-roberta",
+        ],
+    ),
+    (
+        "unknown-cast-type",
+        ["matrix.cast_types=[fp32, fp8]", TINY_BERT],
+        ["matrix.cast_types[1]: 'fp8' is not a cast type"],
+    ),
+    (
+        "cast-type-unsupported-by-backend",
+        ["backend=neuron", "matrix.cast_types=[int8]", TINY_BERT],
+        ["matrix.cast_types[0]: 'int8' is not supported by backend neuron"],
+    ),
+    (
+        "unknown-task",
+        ["matrix.models=[{id: artifacts/models/tiny-bert, task: translation}]"],
+        ["matrix.models[0].task: 'translation' is not a supported task"],
+    ),
+    (
+        "task-unsupported-with-cast",
+        [
+            "matrix.models=[tiny-gpt2]",
+            "matrix.cast_types=[int8]",
+            "matrix.shapes=[{batch_size: 1, sequence_length: 32}]",
+        ],
+        ["matrix.cast_types[0]: int8 is supported for encoder tasks only on the inductor backend (tiny-gpt2"],
+    ),
+    (
+        "exclude-not-in-matrix",
+        ["+sweep=smoke", "matrix.exclude=[{model: tiny-gpt2}, {cast_type: fp16}, {modle: tiny-bert}]"],
+        [
+            "matrix.exclude[0].model: 'tiny-gpt2' is not in the matrix",
+            "matrix.exclude[1].cast_type: 'fp16' is not in the matrix",
+            "matrix.exclude[2].modle: unknown key",
+        ],
+    ),
+    (
+        "include-not-in-matrix",
+        [
+            "+sweep=smoke",
+            "matrix.include=[{model: nope, batch_size: 4}, {model: tiny-bert, cast_type: fp8, batch_size: 0}]",
+        ],
+        [
+            "matrix.include[0].model: 'nope' is not a model of the matrix",
+            "matrix.include[1].cast_type: 'fp8' is not a cast type",
+            "matrix.include[1].batch_size: must be an integer >= 1",
+        ],
+    ),
+    (
+        "model-id-path-traversal",
+        ["matrix.models=[{id: tests/../configs, task: feature-extraction}]"],
+        ["matrix.models[0].id: local model folder 'tests/../configs' has no config.json"],
+    ),
+    (
+        "model-id-three-parts",
+        ["matrix.models=[{id: a/b/c, task: feature-extraction}]"],
+        ["matrix.models[0].id: 'a/b/c' is not a valid Hub repo id"],
+    ),
+    (
+        "model-id-odd-characters",
+        ["matrix.models=[{id: 'bad id!', task: feature-extraction}]"],
+        ["matrix.models[0].id: 'bad id!' is not a valid Hub repo id"],
+    ),
+    (
+        "revision-traversal",
+        [
+            "matrix.models=[{id: google-bert/bert-base-uncased, task: feature-extraction, revision: '../x', "
+            "max_positions: 512}]"
+        ],
+        ["matrix.models[0].revision: '../x' is not a valid revision"],
+    ),
+    (
+        "revision-space",
+        [
+            "matrix.models=[{id: google-bert/bert-base-uncased, task: feature-extraction, revision: 'a b', "
+            "max_positions: 512}]"
+        ],
+        ["matrix.models[0].revision: 'a b' is not a valid revision"],
+    ),
     ("shard-index-above-count", ["shard=3/2", TINY_BERT], ["shard: '3/2': need 1 <= i <= N"]),
     ("shard-index-zero", ["shard=0/2", TINY_BERT], ["shard: '0/2': need 1 <= i <= N"]),
     ("shard-not-a-fraction", ["shard=x", TINY_BERT], ["shard: 'x' is not of the form i/N"]),
     ("bad-mode", ["mode=compile", TINY_BERT], ["mode: 'compile' is not one of run, plan, validate, explain, gc"]),
     ("explain-without-key", ["mode=explain", TINY_BERT], ["mode=explain needs key=<key or prefix>"]),
     ("unknown-backend-group", ["backend=tpu", TINY_BERT], ["Could not find 'backend/tpu'"]),
-    ("neuron-bf16-without-auto-cast", ["backend=neuron", "matrix.cast_types=[bf16]", "matrix.auto_cast=none", TINY_BERT],
-     ["matrix.auto_cast: none with cast_type bf16 would compile in fp32 anyway"]),
-    ("neuron-too-many-cores", ["backend=neuron", "backend.num_cores=100", TINY_BERT],
-     ["backend.num_cores: 100 NeuronCores is more than the largest inf2 instance has (24)"]),
+    (
+        "neuron-bf16-without-auto-cast",
+        ["backend=neuron", "matrix.cast_types=[bf16]", "matrix.auto_cast=none", TINY_BERT],
+        ["matrix.auto_cast: none with cast_type bf16 would compile in fp32 anyway"],
+    ),
+    (
+        "neuron-too-many-cores",
+        ["backend=neuron", "backend.num_cores=100", TINY_BERT],
+        ["backend.num_cores: 100 NeuronCores is more than the largest inf2 instance has (24)"],
+    ),
     ("hydra-override-error", ["foo=1"], ["Could not override 'foo'"]),
     ("unknown-sweep", ["+sweep=nope"], ["Could not find 'sweep/nope'"]),
-    ("missing-local-model-folder", ["matrix.models=[{id: ./artifacts/models/nope, task: feature-extraction}]"],
-     ["matrix.models[0].id: local model folder './artifacts/models/nope' does not exist"]),
-    ("unknown-model-file", ["matrix.models=[tiny-bert, nope]"],
-     ["matrix.models[1]: no model config named 'nope' in configs/model/"]),
-    ("several-errors-at-once", ["mode=compile", "shard=x", "matrix.cast_types=[fp8]", "matrix.shapes=[{batch_size: 0, sequence_length: 16}]",
-                                "matrix.models=[tiny-bert, nope]", "timeout_s=0", "+matrix.exlude=[]"],
-     ["7 problems", "matrix.exlude: unknown key (did you mean 'exclude'?)", "mode: 'compile' is not one of", "shard: 'x' is not of the form i/N", "matrix.cast_types[0]: 'fp8' is not a cast type",
-      "matrix.shapes[0].batch_size: must be >= 1, got 0", "matrix.models[1]: no model config named 'nope'", "timeout_s: must be >= 1"]),
+    (
+        "missing-local-model-folder",
+        ["matrix.models=[{id: ./artifacts/models/nope, task: feature-extraction}]"],
+        ["matrix.models[0].id: local model folder './artifacts/models/nope' does not exist"],
+    ),
+    (
+        "unknown-model-file",
+        ["matrix.models=[tiny-bert, nope]"],
+        ["matrix.models[1]: no model config named 'nope' in configs/model/"],
+    ),
+    (
+        "several-errors-at-once",
+        [
+            "mode=compile",
+            "shard=x",
+            "matrix.cast_types=[fp8]",
+            "matrix.shapes=[{batch_size: 0, sequence_length: 16}]",
+            "matrix.models=[tiny-bert, nope]",
+            "timeout_s=0",
+            "+matrix.exlude=[]",
+        ],
+        [
+            "7 problems",
+            "matrix.exlude: unknown key (did you mean 'exclude'?)",
+            "mode: 'compile' is not one of",
+            "shard: 'x' is not of the form i/N",
+            "matrix.cast_types[0]: 'fp8' is not a cast type",
+            "matrix.shapes[0].batch_size: must be >= 1, got 0",
+            "matrix.models[1]: no model config named 'nope'",
+            "timeout_s: must be >= 1",
+        ],
+    ),
 ]
 # More malformed configs, checked in-process through validate() (cheaper than a CLI start).
 BAD_IN_PROCESS = [
-    ("wrong-type-shape-item", ["matrix.shapes=[5]", TINY_BERT],
-     ["matrix.shapes[0]: expected a mapping, got int 5"]),
-    ("roberta-position-offset", ["matrix.models=[tiny-roberta]", "matrix.shapes=[{batch_size: 1, sequence_length: 129}]"],
-     ["matrix.shapes[0].sequence_length: 129 exceeds max_position_embeddings 128 of tiny-roberta"]),
-    ("decoder-above-max-positions", ["matrix.models=[tiny-gpt2]", "matrix.shapes=[{batch_size: 1, sequence_length: 200}]"],
-     ["matrix.shapes[0].sequence_length: 200 exceeds max_position_embeddings 128 of tiny-gpt2"]),
-    ("model-id-inner-traversal", ["matrix.models=[{id: org/../../etc, task: feature-extraction}]"],
-     ["matrix.models[0].id: 'org/../../etc' is not a valid Hub repo id"]),
-    ("unknown-backend-name", ["backend.name=tpu", TINY_BERT], ["backend.name: 'tpu' is not a known backend; known: inductor, neuron"]),
-    ("duplicate-model-names", ["matrix.models=[tiny-bert, {id: artifacts/models/tiny-bert-mlm, task: fill-mask, name: tiny-bert}]"],
-     ["matrix.models: two models are named 'tiny-bert'"]),
+    ("wrong-type-shape-item", ["matrix.shapes=[5]", TINY_BERT], ["matrix.shapes[0]: expected a mapping, got int 5"]),
+    (
+        "roberta-position-offset",
+        ["matrix.models=[tiny-roberta]", "matrix.shapes=[{batch_size: 1, sequence_length: 129}]"],
+        ["matrix.shapes[0].sequence_length: 129 exceeds max_position_embeddings 128 of tiny-roberta"],
+    ),
+    (
+        "decoder-above-max-positions",
+        ["matrix.models=[tiny-gpt2]", "matrix.shapes=[{batch_size: 1, sequence_length: 200}]"],
+        ["matrix.shapes[0].sequence_length: 200 exceeds max_position_embeddings 128 of tiny-gpt2"],
+    ),
+    (
+        "model-id-inner-traversal",
+        ["matrix.models=[{id: org/../../etc, task: feature-extraction}]"],
+        ["matrix.models[0].id: 'org/../../etc' is not a valid Hub repo id"],
+    ),
+    (
+        "unknown-backend-name",
+        ["backend.name=tpu", TINY_BERT],
+        ["backend.name: 'tpu' is not a known backend; known: inductor, neuron"],
+    ),
+    (
+        "duplicate-model-names",
+        ["matrix.models=[tiny-bert, {id: artifacts/models/tiny-bert-mlm, task: fill-mask, name: tiny-bert}]"],
+        ["matrix.models: two models are named 'tiny-bert'"],
+    ),
 ]
 assert len(BAD) >= 25 and len({b[0] for b in BAD + BAD_IN_PROCESS}) == len(BAD) + len(BAD_IN_PROCESS)
 
@@ -212,19 +339,30 @@ def _cli_calls(ws: dict) -> dict[str, tuple[list[str], dict]]:
     calls: dict[str, tuple[list[str], dict]] = {}
     for name, args, _ in BAD:
         calls[f"bad:{name}"] = (args if any(a.startswith("mode=") for a in args) else ["mode=validate", *args], {})
-    calls.update({
-        "validate-prod": (["+sweep=prod", "mode=validate"], {}),
-        "help": (["--help"], {}),
-        "cfg-job": (["+sweep=smoke", "matrix.cast_types=[fp16]", "--cfg", "job"], {}),
-        # the same plan in two processes with different hash seeds: statuses, then order
-        "plan-a": (["+sweep=smoke", "mode=plan", f"cache.dir={d / 'status-cache'}", f"report.dir={d / 'runs-a'}"], {"PYTHONHASHSEED": "1"}),
-        "plan-b": (["+sweep=smoke", "mode=plan", f"cache.dir={d / 'cache-b'}", f"report.dir={d / 'runs-b'}"], {"PYTHONHASHSEED": "2"}),
-        "explain-one": ([*explain, f"key={_maybe_quote(keys.short(jobs[0]['key']))}"], {}),
-        "explain-against": ([*explain, f"key={_maybe_quote(keys.short(jobs[0]['key']))}", f"against={jobs[3]['key']}"], {}),
-        "explain-unknown": ([*explain, "key=nothex"], {}),
-        "explain-ambiguous": ([*explain, f"key={ws['ambiguous']}"], {}),
-        "explain-float-key": ([*explain, "key=12e3"], {}),
-    })
+    calls.update(
+        {
+            "validate-prod": (["+sweep=prod", "mode=validate"], {}),
+            "help": (["--help"], {}),
+            "cfg-job": (["+sweep=smoke", "matrix.cast_types=[fp16]", "--cfg", "job"], {}),
+            # the same plan in two processes with different hash seeds: statuses, then order
+            "plan-a": (
+                ["+sweep=smoke", "mode=plan", f"cache.dir={d / 'status-cache'}", f"report.dir={d / 'runs-a'}"],
+                {"PYTHONHASHSEED": "1"},
+            ),
+            "plan-b": (
+                ["+sweep=smoke", "mode=plan", f"cache.dir={d / 'cache-b'}", f"report.dir={d / 'runs-b'}"],
+                {"PYTHONHASHSEED": "2"},
+            ),
+            "explain-one": ([*explain, f"key={_maybe_quote(keys.short(jobs[0]['key']))}"], {}),
+            "explain-against": (
+                [*explain, f"key={_maybe_quote(keys.short(jobs[0]['key']))}", f"against={jobs[3]['key']}"],
+                {},
+            ),
+            "explain-unknown": ([*explain, "key=nothex"], {}),
+            "explain-ambiguous": ([*explain, f"key={ws['ambiguous']}"], {}),
+            "explain-float-key": ([*explain, "key=12e3"], {}),
+        }
+    )
     return calls
 
 
@@ -233,7 +371,9 @@ def cli(workspace):
     """name -> Future[CompletedProcess] for every CLI run of this module, all started at once."""
     calls = _cli_calls(workspace)
     pool = concurrent.futures.ThreadPoolExecutor(max_workers=max(3, (os.cpu_count() or 2) + 1))
-    futures = {name: pool.submit(run_cli, *args, env=cli_env(**extra), timeout=300) for name, (args, extra) in calls.items()}
+    futures = {
+        name: pool.submit(run_cli, *args, env=cli_env(**extra), timeout=300) for name, (args, extra) in calls.items()
+    }
     yield futures
     pool.shutdown(wait=True)
 
@@ -369,13 +509,24 @@ def test_plan_counts_product_include_exclude(tiny_models):
     # an include with every axis adds one job per given cast type; with some axes, one per
     # matrix shape (the given axes replaced) and cast type
     full = smoke_plan(include=[{"model": "tiny-bert", "batch_size": 4, "sequence_length": 64, "cast_type": "fp32"}])
-    assert len(full) == 13 and full[-1]["shapes"] == {"batch_size": 4, "sequence_length": 64} and full[-1]["cast_type"] == "fp32"
+    assert (
+        len(full) == 13
+        and full[-1]["shapes"] == {"batch_size": 4, "sequence_length": 64}
+        and full[-1]["cast_type"] == "fp32"
+    )
     partial = smoke_plan(include=[{"model": "tiny-bert", "batch_size": 4}])
     assert len(partial) == 12 + 2 * 2
-    assert {(j["shapes"]["sequence_length"], j["cast_type"]) for j in partial[12:]} == {(16, "fp32"), (16, "bf16"), (32, "fp32"), (32, "bf16")}
+    assert {(j["shapes"]["sequence_length"], j["cast_type"]) for j in partial[12:]} == {
+        (16, "fp32"),
+        (16, "bf16"),
+        (32, "fp32"),
+        (32, "bf16"),
+    }
     # include and exclude together: excludes apply to the product, an include is explicit
-    both = smoke_plan(exclude=[{"model": "tiny-bert"}],
-                      include=[{"model": "tiny-bert", "batch_size": 1, "sequence_length": 16, "cast_type": "fp32"}])
+    both = smoke_plan(
+        exclude=[{"model": "tiny-bert"}],
+        include=[{"model": "tiny-bert", "batch_size": 1, "sequence_length": 16, "cast_type": "fp32"}],
+    )
     assert len(both) == 12 - 4 + 1
 
 
@@ -387,8 +538,11 @@ def test_plan_dedups_equivalent_jobs(tiny_models):
     repeated = smoke_plan(include=[{"model": "tiny-bert", "batch_size": 2, "sequence_length": 32, "cast_type": "bf16"}])
     assert [j["key"] for j in repeated] == base
     # the same weights listed twice under two names compile once (the name is display only)
-    twice = smoke_plan(models=["tiny-bert", {"id": "artifacts/models/tiny-bert", "task": "feature-extraction", "name": "bert-again"}],
-                       shapes=[{"batch_size": 1, "sequence_length": 16}], cast_types=["fp32"])
+    twice = smoke_plan(
+        models=["tiny-bert", {"id": "artifacts/models/tiny-bert", "task": "feature-extraction", "name": "bert-again"}],
+        shapes=[{"batch_size": 1, "sequence_length": 16}],
+        cast_types=["fp32"],
+    )
     assert len(twice) == 1 and twice[0]["model"]["name"] == "tiny-bert"
 
 
@@ -409,7 +563,11 @@ def test_plan_order_is_stable(tiny_models, cli, workspace):
     # product order: model, then shape, then cast type
     jobs = smoke_plan()
     assert [(j["model"]["name"], j["shapes"]["batch_size"], j["cast_type"]) for j in jobs[:4]] == [
-        ("tiny-bert", 1, "fp32"), ("tiny-bert", 1, "bf16"), ("tiny-bert", 2, "fp32"), ("tiny-bert", 2, "bf16")]
+        ("tiny-bert", 1, "fp32"),
+        ("tiny-bert", 1, "bf16"),
+        ("tiny-bert", 2, "fp32"),
+        ("tiny-bert", 2, "bf16"),
+    ]
 
 
 def test_plan_notes_a_cast_type_this_cpu_only_emulates(cli):
@@ -418,7 +576,9 @@ def test_plan_notes_a_cast_type_this_cpu_only_emulates(cli):
 
     proc = result(cli, "plan-a")
     native_bf16 = bool(inductor.cpu_flags() & {"avx512_bf16", "amx_bf16"})
-    assert ("note: cast_type bf16: this CPU has neither avx512_bf16 nor amx_bf16" in proc.stdout) == (not native_bf16), proc.stdout
+    assert ("note: cast_type bf16: this CPU has neither avx512_bf16 nor amx_bf16" in proc.stdout) == (
+        not native_bf16
+    ), proc.stdout
     assert "cast_type fp32" not in proc.stdout
 
 
@@ -456,8 +616,17 @@ def test_plan_mode_prints_every_job_and_writes_plan_json(cli, workspace):
     assert len(rows) == len(jobs) == 14
     for i, (row, job) in enumerate(zip(rows, jobs), 1):
         status = {workspace["hit"]: "hit", workspace["failed"]: "failed-before"}.get(job["key"], "miss")
-        assert row == [str(i), job["model"]["name"], job["task"], str(job["shapes"]["batch_size"]),
-                       str(job["shapes"]["sequence_length"]), job["cast_type"], "inductor", keys.short(job["key"]), status]
+        assert row == [
+            str(i),
+            job["model"]["name"],
+            job["task"],
+            str(job["shapes"]["batch_size"]),
+            str(job["shapes"]["sequence_length"]),
+            job["cast_type"],
+            "inductor",
+            keys.short(job["key"]),
+            status,
+        ]
     assert "1 failed-before, 1 hit, 12 miss" in proc.stdout
     runs = workspace["dir"] / "runs-a"
     latest = runs / "latest"
@@ -483,15 +652,18 @@ def test_planning_imports_no_torch_and_is_fast(tiny_models):
         from omegaconf import OmegaConf
         from pipeline.validate import validate
         from pipeline.plan import plan
-        with initialize_config_dir(config_dir={str(REPO / 'configs')!r}, version_base="1.3"):
+        with initialize_config_dir(config_dir={str(REPO / "configs")!r}, version_base="1.3"):
             cfg = OmegaConf.to_container(compose(config_name="config", overrides=["+sweep=smoke"]), resolve=True)
         t1 = time.perf_counter()
         jobs = plan(validate(cfg))
         t2 = time.perf_counter()
         print(json.dumps({{"jobs": len(jobs), "plan_s": t2 - t1, "total_s": t2 - t0,
-                           "heavy": sorted(m for m in sys.modules if m.split(".")[0] in ("torch", "transformers", "safetensors"))}}))
+                           "heavy": sorted(m for m in sys.modules
+                                           if m.split(".")[0] in ("torch", "transformers", "safetensors"))}}))
     """)
-    proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=cli_env(), capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "-c", code], cwd=REPO, env=cli_env(), capture_output=True, text=True, timeout=120
+    )
     assert proc.returncode == 0, output(proc)
     out = json.loads(proc.stdout.strip().splitlines()[-1])
     assert out["jobs"] == 14
@@ -509,8 +681,19 @@ def test_explain_lists_every_field_of_a_key(cli, workspace):
     assert job["key"] in proc.stdout  # the full key in the title
     fields = {row[0]: row[1] for row in table_rows(proc.stdout)}
     assert set(fields) == set(keys.flatten(job["spec"]))
-    for path in ("model.id", "model.revision", "task", "shapes.batch_size", "shapes.sequence_length", "cast_type",
-                 "auto_cast", "backend.name", "toolchain.torch", "toolchain.transformers", "recipe"):
+    for path in (
+        "model.id",
+        "model.revision",
+        "task",
+        "shapes.batch_size",
+        "shapes.sequence_length",
+        "cast_type",
+        "auto_cast",
+        "backend.name",
+        "toolchain.torch",
+        "toolchain.transformers",
+        "recipe",
+    ):
         assert path in fields, path
     assert fields["model.revision"] == json.dumps(job["spec"]["model"]["revision"])
     assert fields["shapes.batch_size"] == "1"
@@ -521,17 +704,23 @@ def test_explain_against_shows_only_differing_fields(cli, workspace):
     assert proc.returncode == 0, output(proc)
     a, b = workspace["jobs"][0], workspace["jobs"][3]  # tiny-bert b1 s16 fp32 vs b2 s32 bf16
     rows = table_rows(proc.stdout)
-    assert {r[0] for r in rows} == {p for p, _, _ in keys.diff(a["spec"], b["spec"])} == {
-        "auto_cast", "cast_type", "shapes.batch_size", "shapes.sequence_length"}
+    assert (
+        {r[0] for r in rows}
+        == {p for p, _, _ in keys.diff(a["spec"], b["spec"])}
+        == {"auto_cast", "cast_type", "shapes.batch_size", "shapes.sequence_length"}
+    )
     assert dict((r[0], (r[1], r[2])) for r in rows)["cast_type"] == ('"fp32"', '"bf16"')
     assert "toolchain.torch" not in proc.stdout
 
 
-@pytest.mark.parametrize("name, fragment", [
-    ("explain-unknown", "no known key starts with 'nothex'"),
-    ("explain-ambiguous", "is ambiguous"),
-    ("explain-float-key", "quote it"),
-])
+@pytest.mark.parametrize(
+    "name, fragment",
+    [
+        ("explain-unknown", "no known key starts with 'nothex'"),
+        ("explain-ambiguous", "is ambiguous"),
+        ("explain-float-key", "quote it"),
+    ],
+)
 def test_explain_bad_key_exits_2(cli, name, fragment):
     proc = result(cli, name)
     assert proc.returncode == 2, output(proc)

@@ -2,6 +2,7 @@
 
 Compiles are shared per module (one per architecture/dtype); each costs ~10-40 s on 2 cores.
 The eager reference is transformers' own model.generate()."""
+
 from __future__ import annotations
 
 import json
@@ -36,8 +37,13 @@ def _tiny_model(arch: str):
     common = dict(vocab_size=VOCAB, bos_token_id=None, eos_token_id=None, pad_token_id=None)
     if arch == "llama":
         config = transformers.LlamaConfig(
-            hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
-            num_key_value_heads=1, max_position_embeddings=64, **common,
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            num_key_value_heads=1,
+            max_position_embeddings=64,
+            **common,
         )
         model = transformers.LlamaForCausalLM(config)
     elif arch == "gpt2":
@@ -45,8 +51,13 @@ def _tiny_model(arch: str):
         model = transformers.GPT2LMHeadModel(config)
     elif arch == "qwen2":
         config = transformers.Qwen2Config(
-            hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
-            num_key_value_heads=1, max_position_embeddings=64, **common,
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            num_key_value_heads=1,
+            max_position_embeddings=64,
+            **common,
         )
         model = transformers.Qwen2ForCausalLM(config)
     else:  # pragma: no cover
@@ -98,14 +109,24 @@ def compiled(tmp_path_factory):
     procs = []
     for group in ARTIFACTS:
         specs = [
-            {"model_dir": str(root / f"model-{arch}"), "out": str(root / f"{arch}-{dtype}"),
-             "batch_size": BATCH, "sequence_length": SEQ, "dtype": dtype}
+            {
+                "model_dir": str(root / f"model-{arch}"),
+                "out": str(root / f"{arch}-{dtype}"),
+                "batch_size": BATCH,
+                "sequence_length": SEQ,
+                "dtype": dtype,
+            }
             for arch, dtype in group
         ]
-        procs.append(subprocess.Popen(
-            [sys.executable, "-c", COMPILE_SCRIPT, json.dumps(specs)], env=_env(),
-            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-        ))
+        procs.append(
+            subprocess.Popen(
+                [sys.executable, "-c", COMPILE_SCRIPT, json.dumps(specs)],
+                env=_env(),
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+        )
     owner = {key: procs[i] for i, group in enumerate(ARTIFACTS) for key in group}
 
     def get(arch: str, dtype: str = "fp32"):
@@ -167,10 +188,14 @@ def fresh_process_ids(compiled, prompts, tmp_path_factory):
     folders = {arch: str(compiled(arch)[1]) for arch in ("llama", "gpt2", "qwen2")}
     work = tmp_path_factory.mktemp("fresh")
     job = work / "job.json"
-    job.write_text(json.dumps({"folders": folders, "requests": [[prompts[0].tolist(), NEW], [prompts[1].tolist(), 20]]}))
+    job.write_text(
+        json.dumps({"folders": folders, "requests": [[prompts[0].tolist(), NEW], [prompts[1].tolist(), 20]]})
+    )
     script = work / "run.py"
     script.write_text(FRESH_SCRIPT)
-    proc = subprocess.run([sys.executable, str(script), str(job)], capture_output=True, text=True, env=_env(), timeout=300)
+    proc = subprocess.run(
+        [sys.executable, str(script), str(job)], capture_output=True, text=True, env=_env(), timeout=300
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
@@ -305,8 +330,12 @@ def test_eos_stops_one_row_while_the_other_continues(llama, prompts):
     assert (new[stop, pos + 1 :] == pad).all()
     assert torch.equal(new[1 - stop], greedy[1 - stop])
     # eos as a list, and min_new_tokens holding eos back
-    got = G.generate(runner, prompt, max_new_tokens=NEW, eos_token_id=[VOCAB - 1, eos], pad_token_id=pad, min_new_tokens=pos + 2)
-    ref = _eager_generate(model, prompt, max_new_tokens=NEW, eos_token_id=[VOCAB - 1, eos], pad_token_id=pad, min_new_tokens=pos + 2)
+    got = G.generate(
+        runner, prompt, max_new_tokens=NEW, eos_token_id=[VOCAB - 1, eos], pad_token_id=pad, min_new_tokens=pos + 2
+    )
+    ref = _eager_generate(
+        model, prompt, max_new_tokens=NEW, eos_token_id=[VOCAB - 1, eos], pad_token_id=pad, min_new_tokens=pos + 2
+    )
     assert torch.equal(got, ref)
     # every row finished: generation ends early, like transformers
     both = G.generate(runner, prompt, max_new_tokens=NEW, eos_token_id=greedy[:, 0].tolist(), pad_token_id=pad)
@@ -380,7 +409,11 @@ def test_unexportable_decoders_fail_clearly(tmp_path):
     with pytest.raises(D.DecoderExportError, match="encoder-decoder"):
         D.export_decoder(t5, 1, 16, "fp32", tmp_path / "t5")
 
-    bert = transformers.BertModel(transformers.BertConfig(vocab_size=VOCAB, hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64))
+    bert = transformers.BertModel(
+        transformers.BertConfig(
+            vocab_size=VOCAB, hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64
+        )
+    )
     with pytest.raises(D.DecoderExportError, match="cannot generate"):
         D.export_decoder(bert, 1, 16, "fp32", tmp_path / "bert")
 
@@ -393,10 +426,18 @@ def test_unexportable_decoders_fail_clearly(tmp_path):
     with pytest.raises(ValueError, match="dtype 'int8'"):
         D.export_decoder(_tiny_model("llama"), 1, 16, "int8", tmp_path / "int8")
 
-    mistral = transformers.MistralForCausalLM(transformers.MistralConfig(
-        vocab_size=VOCAB, hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
-        num_key_value_heads=1, max_position_embeddings=64, sliding_window=16,
-    ))
+    mistral = transformers.MistralForCausalLM(
+        transformers.MistralConfig(
+            vocab_size=VOCAB,
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            num_key_value_heads=1,
+            max_position_embeddings=64,
+            sliding_window=16,
+        )
+    )
     with pytest.raises(D.DecoderExportError, match=r"sliding_window=16.*sequence_length <= 16"):
         D.export_decoder(mistral, 1, 32, "fp32", tmp_path / "mistral")
 
@@ -404,14 +445,25 @@ def test_unexportable_decoders_fail_clearly(tmp_path):
     falcon = transformers.FalconForCausalLM(
         transformers.FalconConfig(vocab_size=VOCAB, hidden_size=32, num_hidden_layers=1, num_attention_heads=2)
     )
-    with pytest.raises(D.DecoderExportError, match=r"torch.export of FalconForCausalLM \(falcon\) with a static cache failed"):
+    with pytest.raises(
+        D.DecoderExportError, match=r"torch.export of FalconForCausalLM \(falcon\) with a static cache failed"
+    ):
         D.export_decoder(falcon, 1, 16, "fp32", tmp_path / "falcon")
     # OPT: exports, but the graph specialized on the example and cannot decode one token
-    opt = transformers.OPTForCausalLM(transformers.OPTConfig(
-        vocab_size=VOCAB, hidden_size=32, ffn_dim=64, num_hidden_layers=1, num_attention_heads=2,
-        max_position_embeddings=64, word_embed_proj_dim=32,
-    ))
-    with pytest.raises(D.DecoderExportError, match="OPTForCausalLM: the exported graph cannot run a one-token decode step"):
+    opt = transformers.OPTForCausalLM(
+        transformers.OPTConfig(
+            vocab_size=VOCAB,
+            hidden_size=32,
+            ffn_dim=64,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            max_position_embeddings=64,
+            word_embed_proj_dim=32,
+        )
+    )
+    with pytest.raises(
+        D.DecoderExportError, match="OPTForCausalLM: the exported graph cannot run a one-token decode step"
+    ):
         D.export_decoder(opt, 1, 16, "fp32", tmp_path / "opt")
     assert not (tmp_path / "opt" / D.ARTIFACT_FILE).exists()
     assert opt.generation_config.cache_implementation is None  # the caller's model is left as it was

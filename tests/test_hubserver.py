@@ -8,14 +8,11 @@ codes -> exception classes, commit atomicity).
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import signal
-import subprocess
 import sys
 import threading
 import time
-import urllib.request
 from pathlib import Path
 
 # Client settings must be in the environment before huggingface_hub reads its constants.
@@ -40,13 +37,15 @@ from huggingface_hub.errors import (  # noqa: E402
 )
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from hub_fixtures import TOKEN, hub_client_online, HubProc as Proc  # noqa: E402  (the server as a subprocess)
+from hub_fixtures import TOKEN, hub_client_online  # noqa: E402  (the server as a subprocess)
+from hub_fixtures import HubProc as Proc
 
 
 @pytest.fixture(scope="module", autouse=True)
 def _hub_client_online():
     with hub_client_online():
         yield
+
 
 from hubserver import start_server  # noqa: E402
 
@@ -97,7 +96,12 @@ def test_create_repo_exist_ok_and_whoami(api, server):
 
 def test_commit_tree_paths_info_and_downloads(api, server, repo, tmp_path):
     big = os.urandom(5 * 1024 * 1024)
-    files = {"README.md": b"---\nlicense: mit\n---\n# card\n", "config.json": b'{"a": 1}', "sub/dir/weights.bin": big, "sub/notes.txt": b"notes\n"}
+    files = {
+        "README.md": b"---\nlicense: mit\n---\n# card\n",
+        "config.json": b'{"a": 1}',
+        "sub/dir/weights.bin": big,
+        "sub/notes.txt": b"notes\n",
+    }
     info = api.create_commit(repo, [CommitOperationAdd(p, c) for p, c in files.items()], commit_message="add")
     assert api.model_info(repo).sha == info.oid
 
@@ -128,16 +132,14 @@ def test_commit_tree_paths_info_and_downloads(api, server, repo, tmp_path):
 
 def test_revision_by_sha_parent_commit_and_delete(api, server, repo, tmp_path):
     first = api.create_commit(repo, [CommitOperationAdd("w.txt", b"v1")], commit_message="v1")
-    second = api.create_commit(repo, [CommitOperationAdd("w.txt", b"v2")], commit_message="v2",
-                               parent_commit=first.oid)
+    second = api.create_commit(repo, [CommitOperationAdd("w.txt", b"v2")], commit_message="v2", parent_commit=first.oid)
     old = hf_hub_download(repo, "w.txt", revision=first.oid, endpoint=server.url, cache_dir=tmp_path)
     assert Path(old).read_bytes() == b"v1"
     assert api.model_info(repo, revision=first.oid).sha == first.oid
     assert [c.title for c in api.list_repo_commits(repo)] == ["v2", "v1", "initial commit"]
 
     with pytest.raises(HfHubHTTPError) as e:
-        api.create_commit(repo, [CommitOperationAdd("w.txt", b"v3")], commit_message="stale",
-                          parent_commit=first.oid)
+        api.create_commit(repo, [CommitOperationAdd("w.txt", b"v3")], commit_message="stale", parent_commit=first.oid)
     assert e.value.response.status_code == 412
     assert "A commit has happened since" in str(e.value)
     assert api.model_info(repo).sha == second.oid  # rejected commit changed nothing
@@ -214,8 +216,11 @@ def test_killed_mid_commit_keeps_previous_state(tmp_path):
 
     def doomed_commit():
         try:
-            api.create_commit("org/crash", [CommitOperationAdd("a.txt", b"bad"), CommitOperationAdd("b.txt", b"bad")],
-                              commit_message="doomed")
+            api.create_commit(
+                "org/crash",
+                [CommitOperationAdd("a.txt", b"bad"), CommitOperationAdd("b.txt", b"bad")],
+                commit_message="doomed",
+            )
         except Exception as e:  # connection dropped by the kill
             errors.append(e)
 
@@ -240,8 +245,9 @@ def test_killed_mid_commit_keeps_previous_state(tmp_path):
         assert api2.list_repo_files("org/crash") == ["a.txt"]
         local = hf_hub_download("org/crash", "a.txt", endpoint=srv2.url, cache_dir=tmp_path / "c")
         assert Path(local).read_bytes() == b"good"
-        api2.create_commit("org/crash", [CommitOperationAdd("a.txt", b"again")], commit_message="again",
-                           parent_commit=good.oid)
+        api2.create_commit(
+            "org/crash", [CommitOperationAdd("a.txt", b"again")], commit_message="again", parent_commit=good.oid
+        )
     finally:
         assert srv2.stop() == 0  # SIGTERM -> clean exit
 
@@ -253,8 +259,9 @@ def test_in_process_server_concurrent_commits(tmp_path):
         api.create_repo("org/concurrent")
 
         def commit(i):
-            api.create_commit("org/concurrent", [CommitOperationAdd(f"f{i}.txt", str(i).encode())],
-                              commit_message=f"c{i}")
+            api.create_commit(
+                "org/concurrent", [CommitOperationAdd(f"f{i}.txt", str(i).encode())], commit_message=f"c{i}"
+            )
 
         threads = [threading.Thread(target=commit, args=(i,)) for i in range(8)]
         for t in threads:

@@ -5,20 +5,26 @@ position, max_rel_error 0.2). On random tiny models int8 is easy: their Linear l
 little to the residual stream (weights ~N(0, 0.02)), so the real test of the recipe's accuracy
 is the all-MiniLM-L6-v2 one below (real weights with outlier channels).
 """
+
 from __future__ import annotations
 
 import zipfile
 from pathlib import Path
 
 import pytest
-
 from conftest import cli_env, latest_report, run_cli
+
 from pipeline.cache import Cache
 
 pytest.importorskip("torchao", reason="cast_type int8 needs torchao (PT2E moved out of torch.ao)")
 
-INT8_JOB = ["matrix.models=[tiny-bert]", "matrix.cast_types=[int8]", "matrix.shapes=[{batch_size:1,sequence_length:16}]",
-            "matrix.include=[]", "matrix.exclude=[]"]
+INT8_JOB = [
+    "matrix.models=[tiny-bert]",
+    "matrix.cast_types=[int8]",
+    "matrix.shapes=[{batch_size:1,sequence_length:16}]",
+    "matrix.include=[]",
+    "matrix.exclude=[]",
+]
 
 
 def _wrapper_source(entry: Path) -> str:
@@ -28,14 +34,24 @@ def _wrapper_source(entry: Path) -> str:
 
 @pytest.mark.slow
 def test_int8_jobs_of_the_smoke_models_pass_the_default_gate_with_int8_kernels(tiny_models, tmp_path):
-    proc = run_cli("matrix.models=[tiny-bert,tiny-distilbert,tiny-roberta]", *INT8_JOB[1:],
-                   f"cache.dir={tmp_path / 'cache'}", f"report.dir={tmp_path / 'runs'}")
+    proc = run_cli(
+        "matrix.models=[tiny-bert,tiny-distilbert,tiny-roberta]",
+        *INT8_JOB[1:],
+        f"cache.dir={tmp_path / 'cache'}",
+        f"report.dir={tmp_path / 'runs'}",
+    )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     rows = latest_report(tmp_path / "runs")["jobs"]
-    assert len(rows) == 3 and all(r["status"] == "passed" and r["cast_type"] == "int8" for r in rows), [(r["model"], r["error"]) for r in rows]
+    assert len(rows) == 3 and all(r["status"] == "passed" and r["cast_type"] == "int8" for r in rows), [
+        (r["model"], r["error"]) for r in rows
+    ]
     for row in rows:
         for name, m in row["metrics"].items():
-            assert m["cosine"] >= 0.99 and m.get("min_position_cosine", 1.0) >= 0.99 and m["rel_error"] <= 0.2, (row["model"], name, m)
+            assert m["cosine"] >= 0.99 and m.get("min_position_cosine", 1.0) >= 0.99 and m["rel_error"] <= 0.2, (
+                row["model"],
+                name,
+                m,
+            )
         # The artifact really runs int8 GEMMs (oneDNN qlinear), not fp32 fake quantization: that
         # is what happens when the freezing passes do not run (compile outside torch.no_grad()).
         assert "qlinear_pointwise" in _wrapper_source(Path(row["artifact"])), row["model"]
@@ -45,7 +61,12 @@ def test_int8_jobs_of_the_smoke_models_pass_the_default_gate_with_int8_kernels(t
 def test_int8_impossible_cosine_fails_with_the_metric_named(tiny_models, tmp_path):
     # 1.01, not 0.999999: on the random tiny BERT int8 is within float32 rounding of fp32
     # (min_position_cosine ~0.9999999), so only a cosine above 1 is reliably impossible.
-    proc = run_cli(*INT8_JOB, "verify.tolerances.int8.min_cosine=1.01", f"cache.dir={tmp_path / 'cache'}", f"report.dir={tmp_path / 'runs'}")
+    proc = run_cli(
+        *INT8_JOB,
+        "verify.tolerances.int8.min_cosine=1.01",
+        f"cache.dir={tmp_path / 'cache'}",
+        f"report.dir={tmp_path / 'runs'}",
+    )
     assert proc.returncode == 1, proc.stdout[-3000:] + proc.stderr[-3000:]
     (row,) = latest_report(tmp_path / "runs")["jobs"]
     assert row["status"] == "failed"
@@ -84,8 +105,8 @@ def test_minilm_int8_export_keeps_pooled_cosine_and_passes_the_gate(monkeypatch)
     from transformers import AutoTokenizer
 
     from pipeline import tasks, verify
-    from pipeline.backends.inductor import int8 as quantize
     from pipeline.backends.inductor import OutputsAsTuple
+    from pipeline.backends.inductor import int8 as quantize
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", cli_env()["TORCHINDUCTOR_CACHE_DIR"])

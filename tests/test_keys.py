@@ -1,6 +1,7 @@
 """Key properties: a key changes when anything that decides the compiled bytes changes, and
 only then. Specs are built by pipeline.plan.build_spec, as the planner builds them.
 """
+
 from __future__ import annotations
 
 import functools
@@ -42,22 +43,39 @@ def hub_model(model_id: str, task: str, sha: str) -> ModelInfo:
 def specs(draw) -> dict:
     name = draw(st.sampled_from(["inductor", "neuron"]))
     if name == "inductor":
-        options = {"device": draw(st.sampled_from(["cpu", "cuda"])),
-                   "inductor_configs": {"freezing": draw(st.booleans()), "max_autotune": draw(st.booleans())}}
+        options = {
+            "device": draw(st.sampled_from(["cpu", "cuda"])),
+            "inductor_configs": {"freezing": draw(st.booleans()), "max_autotune": draw(st.booleans())},
+        }
         casts = ["fp32", "bf16", "fp16", "int8"]
         target = None
     else:
         target = draw(st.sampled_from(["inf2", "trn1", "trn2"]))
-        options = {"target": target, "optlevel": draw(st.integers(1, 3)), "num_cores": draw(st.integers(1, 8)),
-                   "compiler_args": draw(st.lists(st.sampled_from(NEURON_FLAGS), max_size=3)),
-                   "inline_weights_to_neff": draw(st.booleans())}
+        options = {
+            "target": target,
+            "optlevel": draw(st.integers(1, 3)),
+            "num_cores": draw(st.integers(1, 8)),
+            "compiler_args": draw(st.lists(st.sampled_from(NEURON_FLAGS), max_size=3)),
+            "inline_weights_to_neff": draw(st.booleans()),
+        }
         casts = ["fp32", "bf16", "fp16"]
     backend = get_backend(name, options)
-    model = hub_model(draw(st.sampled_from(["google-bert/bert-base-uncased", "openai-community/gpt2", "distilbert-base-uncased"])),
-                      draw(st.sampled_from(sorted(TASKS))), draw(HEX40))
+    model = hub_model(
+        draw(st.sampled_from(["google-bert/bert-base-uncased", "openai-community/gpt2", "distilbert-base-uncased"])),
+        draw(st.sampled_from(sorted(TASKS))),
+        draw(HEX40),
+    )
     shapes = {"batch_size": draw(st.integers(1, 64)), "sequence_length": draw(st.integers(1, 8192))}
-    return build_spec(model, model.task, shapes, draw(st.sampled_from(casts)), draw(st.sampled_from(keys.AUTO_CAST_SCOPES)),
-                      draw(st.booleans()), backend, toolchain=json.loads(_toolchain(name, target)))
+    return build_spec(
+        model,
+        model.task,
+        shapes,
+        draw(st.sampled_from(casts)),
+        draw(st.sampled_from(keys.AUTO_CAST_SCOPES)),
+        draw(st.booleans()),
+        backend,
+        toolchain=json.loads(_toolchain(name, target)),
+    )
 
 
 def leaves(obj: Any, prefix: tuple = ()) -> list[tuple]:
@@ -123,7 +141,7 @@ def test_key_is_64_lowercase_hex_and_deterministic(spec):
     assert re.fullmatch(r"[0-9a-f]{64}", key)
     assert key == keys.key_of(json.loads(json.dumps(spec)))
     assert key == hashlib.sha256(keys.canonical_json(spec).encode("ascii")).hexdigest()
-    assert keys.short(key) == key[:keys.SHORT]
+    assert keys.short(key) == key[: keys.SHORT]
 
 
 @SETTINGS
@@ -168,15 +186,23 @@ def test_diff_lists_exactly_the_changed_paths(spec, data):
 def test_diff_reports_added_and_removed_fields():
     a = {"shapes": {"batch_size": 1}, "toolchain": {"torch": "2.5"}}
     b = {"shapes": {"batch_size": 1, "sequence_length": 128}, "toolchain": {}}
-    assert keys.diff(a, b) == [("shapes.sequence_length", None, 128), ("toolchain", None, {}), ("toolchain.torch", "2.5", None)]
+    assert keys.diff(a, b) == [
+        ("shapes.sequence_length", None, 128),
+        ("toolchain", None, {}),
+        ("toolchain.torch", "2.5", None),
+    ]
     assert keys.key_of(a) != keys.key_of(b)
 
 
 # --------------------------------------------------------------------------- equivalent spellings
 
 
-SPELLINGS = [("fp32", "float32", "float", "FP32"), ("bf16", "bfloat16", "BF16"), ("fp16", "float16", "half", "Float16"),
-             ("int8", "qint8")]
+SPELLINGS = [
+    ("fp32", "float32", "float", "FP32"),
+    ("bf16", "bfloat16", "BF16"),
+    ("fp16", "float16", "half", "Float16"),
+    ("int8", "qint8"),
+]
 
 
 @pytest.mark.parametrize("spellings", SPELLINGS, ids=[s[0] for s in SPELLINGS])
@@ -184,8 +210,10 @@ def test_equivalent_cast_type_spellings_share_a_key(spellings):
     backend = get_backend("inductor", {})
     model = hub_model("google-bert/bert-base-uncased", "feature-extraction", "a" * 40)
     toolchain = backend.toolchain()
-    specs_ = [build_spec(model, model.task, {"batch_size": 1, "sequence_length": 128}, s, "matmul", False, backend, toolchain)
-              for s in spellings]
+    specs_ = [
+        build_spec(model, model.task, {"batch_size": 1, "sequence_length": 128}, s, "matmul", False, backend, toolchain)
+        for s in spellings
+    ]
     assert {spec["cast_type"] for spec in specs_} == {spellings[0]}
     assert len({keys.key_of(spec) for spec in specs_}) == 1
 
@@ -194,8 +222,14 @@ def test_distinct_cast_types_have_distinct_keys():
     backend = get_backend("inductor", {})
     model = hub_model("google-bert/bert-base-uncased", "feature-extraction", "a" * 40)
     toolchain = backend.toolchain()
-    got = {c: keys.key_of(build_spec(model, model.task, {"batch_size": 1, "sequence_length": 128}, c, "matmul", False, backend, toolchain))
-           for c in keys.CAST_TYPES}
+    got = {
+        c: keys.key_of(
+            build_spec(
+                model, model.task, {"batch_size": 1, "sequence_length": 128}, c, "matmul", False, backend, toolchain
+            )
+        )
+        for c in keys.CAST_TYPES
+    }
     assert len(set(got.values())) == len(keys.CAST_TYPES)
 
 
@@ -204,10 +238,18 @@ def test_auto_cast_scope_does_not_matter_for_fp32():
     backend = get_backend("inductor", {})
     model = hub_model("google-bert/bert-base-uncased", "feature-extraction", "a" * 40)
     toolchain = backend.toolchain()
-    fp32 = {keys.key_of(build_spec(model, model.task, {"batch_size": 1, "sequence_length": 8}, "fp32", s, False, backend, toolchain))
-            for s in keys.AUTO_CAST_SCOPES}
-    bf16 = {keys.key_of(build_spec(model, model.task, {"batch_size": 1, "sequence_length": 8}, "bf16", s, False, backend, toolchain))
-            for s in keys.AUTO_CAST_SCOPES}
+    fp32 = {
+        keys.key_of(
+            build_spec(model, model.task, {"batch_size": 1, "sequence_length": 8}, "fp32", s, False, backend, toolchain)
+        )
+        for s in keys.AUTO_CAST_SCOPES
+    }
+    bf16 = {
+        keys.key_of(
+            build_spec(model, model.task, {"batch_size": 1, "sequence_length": 8}, "bf16", s, False, backend, toolchain)
+        )
+        for s in keys.AUTO_CAST_SCOPES
+    }
     assert len(fp32) == 1 and len(bf16) == len(keys.AUTO_CAST_SCOPES)
 
 
@@ -217,7 +259,9 @@ def test_neuron_targets_of_one_core_generation_share_a_key():
 
     def key(target):
         backend = get_backend("neuron", {"target": target})
-        return keys.key_of(build_spec(model, model.task, {"batch_size": 1, "sequence_length": 128}, "bf16", "matmul", False, backend))
+        return keys.key_of(
+            build_spec(model, model.task, {"batch_size": 1, "sequence_length": 128}, "bf16", "matmul", False, backend)
+        )
 
     assert key("inf2") == key("trn1") == key("trn1n") != key("trn2")
 
@@ -244,7 +288,11 @@ def test_compiler_and_platform_changes_change_the_key(monkeypatch):
     args = (model, model.task, {"batch_size": 1, "sequence_length": 128}, "fp32", "matmul", False, backend)
     before = build_spec(*args)
     monkeypatch.setattr(inductor_mod, "cxx_version", lambda: "clang++ 99")
-    monkeypatch.setattr(inductor_mod, "cpu_capability", lambda: "AVX2" if before["toolchain"]["platform"]["cpu_capability"] != "AVX2" else "AVX512")
+    monkeypatch.setattr(
+        inductor_mod,
+        "cpu_capability",
+        lambda: "AVX2" if before["toolchain"]["platform"]["cpu_capability"] != "AVX2" else "AVX512",
+    )
     after = build_spec(*args)
     assert [p for p, _, _ in keys.diff(before, after)] == ["toolchain.cxx", "toolchain.platform.cpu_capability"]
     assert keys.key_of(after) != keys.key_of(before)

@@ -1,8 +1,8 @@
 """Runtime classes: compiled models as drop-ins for AutoModelFor<Task>, on real compiled artifacts."""
+
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
 import sys
 import time
@@ -10,8 +10,8 @@ import time
 import pytest
 import torch
 import transformers
+from conftest import cli_env
 
-from conftest import INDUCTOR_CACHE, REPO, TEST_DIR, cli_env
 from pipeline import modeling
 from pipeline.tasks import TASKS, get_mandatory_axes_for_task
 from pipeline.verify import gate, output_metrics
@@ -32,7 +32,9 @@ def compiled(tiny_models, test_cache):
     """One static b2/s32 fp32 artifact per encoder task, compiled through export=True."""
     out = {}
     for task, (name, cls) in TASK_MODELS.items():
-        out[task] = cls.from_pretrained(str(tiny_models / name), export=True, batch_size=2, sequence_length=32, cache_dir=test_cache)
+        out[task] = cls.from_pretrained(
+            str(tiny_models / name), export=True, batch_size=2, sequence_length=32, cache_dir=test_cache
+        )
     return out
 
 
@@ -47,7 +49,9 @@ def _inputs(tiny_models, task, texts):
 
 
 def _assert_close(task, eager_out, got, mask):
-    metrics = {n: output_metrics(eager_out[n], got[n], mask, TASKS[task].argmax, 1e-4, 1e-4) for n in TASKS[task].outputs}
+    metrics = {
+        n: output_metrics(eager_out[n], got[n], mask, TASKS[task].argmax, 1e-4, 1e-4) for n in TASKS[task].outputs
+    }
     assert gate(metrics, FP32) is None, metrics
     assert type(got).__name__ == TASKS[task].output_class
 
@@ -92,13 +96,18 @@ def test_mandatory_axes_helper():
 
 def test_export_needs_the_mandatory_axes(tiny_models):
     with pytest.raises(TypeError, match="needs the input shapes sequence_length"):
-        modeling.CompiledModelForFeatureExtraction.from_pretrained(str(tiny_models / "tiny-bert"), export=True, batch_size=1)
+        modeling.CompiledModelForFeatureExtraction.from_pretrained(
+            str(tiny_models / "tiny-bert"), export=True, batch_size=1
+        )
 
 
 @pytest.mark.slow
 def test_transformers_pipeline_gives_the_eager_answers(compiled, tiny_models):
     texts = ["I really enjoyed this film; the acting was superb!", "Paris is the capital of France."]
-    for task, pipe_task in (("text-classification", "text-classification"), ("feature-extraction", "feature-extraction")):
+    for task, pipe_task in (
+        ("text-classification", "text-classification"),
+        ("feature-extraction", "feature-extraction"),
+    ):
         tok = transformers.AutoTokenizer.from_pretrained(tiny_models / TASK_MODELS[task][0])
         got = transformers.pipeline(pipe_task, model=compiled[task], tokenizer=tok)(texts)
         want = transformers.pipeline(pipe_task, model=_eager(tiny_models, task), tokenizer=tok)(texts)
@@ -119,7 +128,8 @@ load_s = time.perf_counter() - t
 out = m(input_ids=torch.tensor([[5, 6, 7, 8]]), attention_mask=torch.ones(1, 4, dtype=torch.int64)).logits
 import torch._dynamo.utils as du
 print(json.dumps({"load_s": load_s, "logits": out.tolist(),
-                  "model_code_imported": [k for k in sys.modules if k.startswith("transformers.models.") and ".modeling_" in k and not k.startswith("transformers.models.auto.")],
+                  "model_code_imported": [k for k in sys.modules if k.startswith("transformers.models.")
+                                          and ".modeling_" in k and not k.startswith("transformers.models.auto.")],
                   "dynamo_frames": sum(du.counters["frames"].values())}))
 """
 
@@ -128,8 +138,14 @@ print(json.dumps({"load_s": load_s, "logits": out.tolist(),
 def test_save_and_reload_in_fresh_process_without_arguments(compiled, tiny_models, tmp_path):
     saved = compiled["text-classification"].save_pretrained(tmp_path / "saved")
     assert {"config.json", "model.pt2", "manifest.json", "tokenizer.json"} <= {p.name for p in saved.iterdir()}
-    proc = subprocess.run([sys.executable, "-c", RELOAD, str(saved)], cwd=tmp_path, capture_output=True, text=True,
-                          env=cli_env(), timeout=300)
+    proc = subprocess.run(
+        [sys.executable, "-c", RELOAD, str(saved)],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        env=cli_env(),
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr
     result = json.loads(proc.stdout.strip().splitlines()[-1])
     assert result["model_code_imported"] == []  # no transformers modeling code ran for the compiled graph
@@ -151,7 +167,8 @@ def test_export_twice_second_is_a_cache_hit(compiled, tiny_models, test_cache, m
     monkeypatch.setattr(local, "run_worker", no_compile)  # only asserts it is not called
     t = time.perf_counter()
     again = modeling.CompiledModelForSequenceClassification.from_pretrained(
-        str(tiny_models / "tiny-distilbert"), export=True, batch_size=2, sequence_length=32, cache_dir=test_cache)
+        str(tiny_models / "tiny-distilbert"), export=True, batch_size=2, sequence_length=32, cache_dir=test_cache
+    )
     print(f"export=True cache hit: {time.perf_counter() - t:.2f} s")
     assert again.folder == compiled["text-classification"].folder
 
@@ -167,7 +184,10 @@ def test_unverified_artifact_is_refused_unless_allowed(compiled, tmp_path):
     (folder / "manifest.json").unlink()
     with pytest.raises(modeling.UnverifiedArtifactError, match="missing"):
         modeling.CompiledModelForFeatureExtraction.from_pretrained(folder)
-    assert modeling.CompiledModelForFeatureExtraction.from_pretrained(folder, allow_unverified=True).shapes["batch_size"] == 2
+    assert (
+        modeling.CompiledModelForFeatureExtraction.from_pretrained(folder, allow_unverified=True).shapes["batch_size"]
+        == 2
+    )
 
 
 @pytest.mark.slow

@@ -3,6 +3,7 @@
 The smoke sweep runs once per session (the README's `make demo` command, redirected to a
 test cache); the fault tests use small matrices in their own cache dirs.
 """
+
 from __future__ import annotations
 
 import json
@@ -15,8 +16,8 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import REPO, cli_env, latest_report, run_cli
 
-from conftest import REPO, TEST_DIR, cli_env, latest_report, run_cli
 from pipeline.cache import Cache
 
 ONE_JOB = ["matrix.models=[tiny-bert]", "matrix.cast_types=[fp32]", "matrix.shapes=[{batch_size:1,sequence_length:16}]"]
@@ -65,7 +66,12 @@ def test_later_jobs_start_in_standby_workers_and_none_is_left_behind(smoke):
     run_dir = (smoke["runs"] / "latest").resolve()
     assert len(list((run_dir / "jobs").glob("standby-*.log"))) == 13
     assert subprocess.run(["pgrep", "-f", f"pipeline.worker --standby {run_dir}"], capture_output=True).returncode == 1
-    assert subprocess.run(["pgrep", "-f", f"pipeline.verify --standby {smoke['cache'].resolve()}"], capture_output=True).returncode == 1
+    assert (
+        subprocess.run(
+            ["pgrep", "-f", f"pipeline.verify --standby {smoke['cache'].resolve()}"], capture_output=True
+        ).returncode
+        == 1
+    )
 
 
 @pytest.mark.slow
@@ -85,9 +91,14 @@ def test_second_identical_run_is_all_cached_and_compiles_nothing(smoke):
 
 @pytest.mark.slow
 def test_impossible_tolerance_fails_with_metric_named_and_others_pass(tiny_models, tmp_path):
-    proc = run_cli("matrix.models=[tiny-bert]", "matrix.shapes=[{batch_size:1,sequence_length:16}]",
-                   "matrix.cast_types=[fp32,bf16]", "verify.tolerances.bf16.min_cosine=1.01",
-                   f"cache.dir={tmp_path / 'cache'}", f"report.dir={tmp_path / 'runs'}")
+    proc = run_cli(
+        "matrix.models=[tiny-bert]",
+        "matrix.shapes=[{batch_size:1,sequence_length:16}]",
+        "matrix.cast_types=[fp32,bf16]",
+        "verify.tolerances.bf16.min_cosine=1.01",
+        f"cache.dir={tmp_path / 'cache'}",
+        f"report.dir={tmp_path / 'runs'}",
+    )
     assert proc.returncode == 1, proc.stdout + proc.stderr
     rows = {j["cast_type"]: j for j in latest_report(tmp_path / "runs")["jobs"]}
     assert rows["fp32"]["status"] == "passed"
@@ -100,8 +111,14 @@ def test_impossible_tolerance_fails_with_metric_named_and_others_pass(tiny_model
     assert "min_cosine" in cache.failure(rows["bf16"]["key"])["error"]
     assert "failed" in (tmp_path / "runs" / "latest" / "report.md").read_text()
     # the failed key is retried on the next run, unless retry_failed=false
-    proc = run_cli("matrix.models=[tiny-bert]", "matrix.shapes=[{batch_size:1,sequence_length:16}]",
-                   "matrix.cast_types=[bf16]", "retry_failed=false", f"cache.dir={tmp_path / 'cache'}", f"report.dir={tmp_path / 'runs'}")
+    proc = run_cli(
+        "matrix.models=[tiny-bert]",
+        "matrix.shapes=[{batch_size:1,sequence_length:16}]",
+        "matrix.cast_types=[bf16]",
+        "retry_failed=false",
+        f"cache.dir={tmp_path / 'cache'}",
+        f"report.dir={tmp_path / 'runs'}",
+    )
     assert proc.returncode == 1
     (row,) = latest_report(tmp_path / "runs")["jobs"]
     assert row["attempts"] == 0 and "retry_failed=false" in row["error"]
@@ -116,8 +133,13 @@ def _worker_pids(marker: str) -> list[int]:
 def test_sigkill_mid_compile_leaves_no_entry_and_no_lock(tiny_models, tmp_path):
     cache_dir, runs = tmp_path / "cache", tmp_path / "runs"
     args = [*ONE_JOB, f"cache.dir={cache_dir}", f"report.dir={runs}"]
-    parent = subprocess.Popen([sys.executable, "-m", "pipeline", *args], cwd=REPO, env=cli_env(),
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    parent = subprocess.Popen(
+        [sys.executable, "-m", "pipeline", *args],
+        cwd=REPO,
+        env=cli_env(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     deadline = time.time() + 300
     while time.time() < deadline:  # wait until the worker is compiling (its temp entry exists)
         pids = _worker_pids(str(runs))
@@ -148,10 +170,23 @@ def test_sigkill_mid_compile_leaves_no_entry_and_no_lock(tiny_models, tmp_path):
 @pytest.mark.slow
 def test_two_processes_on_one_cache_compile_each_key_once(tiny_models, tmp_path):
     cache_dir = tmp_path / "cache"
-    base = ["matrix.models=[tiny-bert,tiny-distilbert]", "matrix.cast_types=[fp32]",
-            "matrix.shapes=[{batch_size:1,sequence_length:16}]", f"cache.dir={cache_dir}"]
-    procs = [subprocess.Popen([sys.executable, "-m", "pipeline", *base, f"report.dir={tmp_path / f'runs{i}'}"], cwd=REPO,
-                              env=cli_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for i in (0, 1)]
+    base = [
+        "matrix.models=[tiny-bert,tiny-distilbert]",
+        "matrix.cast_types=[fp32]",
+        "matrix.shapes=[{batch_size:1,sequence_length:16}]",
+        f"cache.dir={cache_dir}",
+    ]
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-m", "pipeline", *base, f"report.dir={tmp_path / f'runs{i}'}"],
+            cwd=REPO,
+            env=cli_env(),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        for i in (0, 1)
+    ]
     outs = [p.communicate(timeout=900)[0] for p in procs]
     assert [p.returncode for p in procs] == [0, 0], outs
     rows = [j for i in (0, 1) for j in latest_report(tmp_path / f"runs{i}")["jobs"]]
@@ -167,7 +202,11 @@ def test_two_processes_on_one_cache_compile_each_key_once(tiny_models, tmp_path)
 
 @pytest.mark.slow
 def test_tampered_entry_is_rebuilt_not_used(smoke, tmp_path):
-    row = next(j for j in smoke["report"]["jobs"] if j["model"] == "tiny-bert" and j["cast_type"] == "fp32" and j["shapes"]["batch_size"] == 1)
+    row = next(
+        j
+        for j in smoke["report"]["jobs"]
+        if j["model"] == "tiny-bert" and j["cast_type"] == "fp32" and j["shapes"]["batch_size"] == 1
+    )
     cache_dir = tmp_path / "cache"
     src = Path(row["artifact"])
     dest = cache_dir / row["key"][:2] / row["key"]
@@ -195,8 +234,14 @@ def test_timeout_is_transient_retried_once_then_failed(tiny_models, tmp_path):
 
 
 def test_neuron_jobs_fail_clearly_without_the_sdk_and_all_are_attempted(tiny_models, tmp_path):
-    proc = run_cli("backend=neuron", "matrix.models=[tiny-bert,tiny-distilbert]", "matrix.cast_types=[bf16]",
-                   "matrix.shapes=[{batch_size:1,sequence_length:16}]", f"cache.dir={tmp_path / 'cache'}", f"report.dir={tmp_path / 'runs'}")
+    proc = run_cli(
+        "backend=neuron",
+        "matrix.models=[tiny-bert,tiny-distilbert]",
+        "matrix.cast_types=[bf16]",
+        "matrix.shapes=[{batch_size:1,sequence_length:16}]",
+        f"cache.dir={tmp_path / 'cache'}",
+        f"report.dir={tmp_path / 'runs'}",
+    )
     assert proc.returncode == 1, proc.stdout + proc.stderr
     assert "Traceback" not in proc.stdout + proc.stderr
     rows = latest_report(tmp_path / "runs")["jobs"]
@@ -208,9 +253,15 @@ def test_neuron_jobs_fail_clearly_without_the_sdk_and_all_are_attempted(tiny_mod
 
 @pytest.mark.slow
 def test_fail_fast_skips_the_rest(tiny_models, tmp_path):
-    proc = run_cli("matrix.models=[tiny-bert,tiny-distilbert]", "matrix.cast_types=[fp32]",
-                   "matrix.shapes=[{batch_size:1,sequence_length:16}]", "verify.tolerances.fp32.min_cosine=1.5", "fail_fast=true",
-                   f"cache.dir={tmp_path / 'cache'}", f"report.dir={tmp_path / 'runs'}")
+    proc = run_cli(
+        "matrix.models=[tiny-bert,tiny-distilbert]",
+        "matrix.cast_types=[fp32]",
+        "matrix.shapes=[{batch_size:1,sequence_length:16}]",
+        "verify.tolerances.fp32.min_cosine=1.5",
+        "fail_fast=true",
+        f"cache.dir={tmp_path / 'cache'}",
+        f"report.dir={tmp_path / 'runs'}",
+    )
     assert proc.returncode == 1
     rows = latest_report(tmp_path / "runs")["jobs"]
     assert [r["status"] for r in rows] == ["failed", "skipped"]
@@ -224,24 +275,40 @@ def test_decoder_that_cannot_be_exported_fails_clearly_and_the_run_completes(smo
     smoke run, still completes in the same run."""
     import transformers
 
-    cfg = transformers.FalconConfig(vocab_size=256, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                                    max_position_embeddings=128)
+    cfg = transformers.FalconConfig(
+        vocab_size=256, hidden_size=32, num_hidden_layers=2, num_attention_heads=2, max_position_embeddings=128
+    )
     transformers.FalconForCausalLM(cfg).save_pretrained(tmp_path / "tiny-falcon")
-    proc = run_cli("+sweep=smoke", f"matrix.models=[tiny-llama,{{id: '{tmp_path / 'tiny-falcon'}', task: text-generation}}]",
-                   "matrix.exclude=[]", "matrix.include=[]", "matrix.shapes=[{batch_size:2,sequence_length:48}]",
-                   "matrix.cast_types=[fp32]", f"report.dir={tmp_path / 'runs'}", env=smoke["env"])
+    proc = run_cli(
+        "+sweep=smoke",
+        f"matrix.models=[tiny-llama,{{id: '{tmp_path / 'tiny-falcon'}', task: text-generation}}]",
+        "matrix.exclude=[]",
+        "matrix.include=[]",
+        "matrix.shapes=[{batch_size:2,sequence_length:48}]",
+        "matrix.cast_types=[fp32]",
+        f"report.dir={tmp_path / 'runs'}",
+        env=smoke["env"],
+    )
     assert proc.returncode == 1, proc.stdout + proc.stderr
     rows = {r["model"]: r for r in latest_report(tmp_path / "runs")["jobs"]}
     assert rows["tiny-llama"]["status"] == "cached"
     assert rows["tiny-falcon"]["status"] == "failed" and rows["tiny-falcon"]["attempts"] == 1
-    assert "compile failed: DecoderExportError" in rows["tiny-falcon"]["error"] and "Falcon" in rows["tiny-falcon"]["error"]
+    assert (
+        "compile failed: DecoderExportError" in rows["tiny-falcon"]["error"]
+        and "Falcon" in rows["tiny-falcon"]["error"]
+    )
 
 
 @pytest.mark.slow
 def test_gpt2_decoder_through_the_cli_fp32_exact_bf16_recorded(tiny_models, tmp_path):
     """The smoke sweep covers the tiny Llama; GPT-2's architecture goes through the CLI here."""
-    proc = run_cli("matrix.models=[tiny-gpt2]", "matrix.shapes=[{batch_size:2,sequence_length:48}]", "matrix.cast_types=[fp32,bf16]",
-                   f"cache.dir={tmp_path / 'cache'}", f"report.dir={tmp_path / 'runs'}")
+    proc = run_cli(
+        "matrix.models=[tiny-gpt2]",
+        "matrix.shapes=[{batch_size:2,sequence_length:48}]",
+        "matrix.cast_types=[fp32,bf16]",
+        f"cache.dir={tmp_path / 'cache'}",
+        f"report.dir={tmp_path / 'runs'}",
+    )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     rows = {r["cast_type"]: r for r in latest_report(tmp_path / "runs")["jobs"]}
     assert rows["fp32"]["status"] == "passed" and rows["bf16"]["status"] == "passed"

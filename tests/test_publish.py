@@ -4,6 +4,7 @@ huggingface_hub client: no mocks, never huggingface.co.
 One tiny variant is compiled once (module fixture `built`, through the CLI with publish=hub);
 every other test copies its cache entry or calls the publisher's functions on it directly.
 """
+
 from __future__ import annotations
 
 import json
@@ -26,7 +27,7 @@ import pytest  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from conftest import REPO, cli_env, latest_report, run_cli  # noqa: E402
-from hub_fixtures import TOKEN, hub_client_online, HubProc, hub  # noqa: E402,F401
+from hub_fixtures import TOKEN, HubProc, hub, hub_client_online  # noqa: E402,F401
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -46,8 +47,15 @@ VARIANT_REPO = "org/tiny-bert-inductor-fp32-b1-s16"
 
 
 def hub_env(url: str, tmp: Path, token: str = TOKEN, **extra) -> dict:
-    return cli_env(HF_ENDPOINT=url, HF_TOKEN=token, HF_HUB_DISABLE_XET="1", HF_HUB_OFFLINE="0",
-                   HF_HOME=str(tmp / "hf_home"), PIPELINE_PUBLISH_BACKOFF_S="0.05", **extra)
+    return cli_env(
+        HF_ENDPOINT=url,
+        HF_TOKEN=token,
+        HF_HUB_DISABLE_XET="1",
+        HF_HUB_OFFLINE="0",
+        HF_HOME=str(tmp / "hf_home"),
+        PIPELINE_PUBLISH_BACKOFF_S="0.05",
+        **extra,
+    )
 
 
 def cli(cache: Path, runs: Path, *extra: str, env: dict) -> subprocess.CompletedProcess:
@@ -62,7 +70,7 @@ def hub_args(namespace: str = NS, cache_repo: str = CACHE_REPO) -> list[str]:
 def _env(tmp_path, monkeypatch):
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf_home"))
     monkeypatch.setenv("HF_TOKEN", TOKEN)
-    monkeypatch.setattr(publish, "BACKOFF_BASE_S", 0.01)
+    monkeypatch.setenv("PIPELINE_PUBLISH_BACKOFF_S", "0.01")
 
 
 @pytest.fixture(scope="module")
@@ -74,7 +82,14 @@ def built(tiny_models, hub, tmp_path_factory):
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     report = latest_report(runs)
     jobs = json.loads((runs / "latest" / "plan.json").read_text())["jobs"]
-    return {"cache": cache, "runs": runs, "report": report, "jobs": jobs, "stdout": proc.stdout + proc.stderr, "tmp": tmp}
+    return {
+        "cache": cache,
+        "runs": runs,
+        "report": report,
+        "jobs": jobs,
+        "stdout": proc.stdout + proc.stderr,
+        "tmp": tmp,
+    }
 
 
 def copy_cache(built, dest: Path) -> Path:
@@ -93,8 +108,16 @@ def rows_for(built, cache: Path | None = None) -> list[dict]:
 
 
 def hub_cfg(url: str, namespace: str, cache_repo: str | None, **kw) -> dict:
-    pc = {"name": "hub", "dry_run": False, "dir": "unused", "namespace": namespace, "repo_template": publish.DEFAULT_REPO_TEMPLATE,
-          "revision_template": None, "cache_repo": cache_repo, "endpoint": url}
+    pc = {
+        "name": "hub",
+        "dry_run": False,
+        "dir": "unused",
+        "namespace": namespace,
+        "repo_template": publish.DEFAULT_REPO_TEMPLATE,
+        "revision_template": None,
+        "cache_repo": cache_repo,
+        "endpoint": url,
+    }
     pc.update(kw)
     return {"publish": pc}
 
@@ -144,7 +167,7 @@ def test_publish_hub_end_to_end_and_load_in_fresh_process(built, hub, tmp_path):
 
     card = Path(api.hf_hub_download(VARIANT_REPO, "README.md", cache_dir=tmp_path / "dl")).read_text()
     assert card.startswith("---\n") and "library_name: pipeline" in card and "tags:" in card
-    assert "CompiledModelForFeatureExtraction.from_pretrained(\"org/tiny-bert-inductor-fp32-b1-s16\")" in card
+    assert 'CompiledModelForFeatureExtraction.from_pretrained("org/tiny-bert-inductor-fp32-b1-s16")' in card
     assert row["key"] in card and "## Toolchain" in card and "max_abs" in card
     assert TOKEN not in card and TOKEN not in built["stdout"]
 
@@ -156,7 +179,8 @@ def test_publish_hub_end_to_end_and_load_in_fresh_process(built, hub, tmp_path):
         "from pathlib import Path\n"
         "from pipeline import verify\n"
         "from pipeline.modeling import CompiledModelForFeatureExtraction\n"
-        "model = CompiledModelForFeatureExtraction.from_pretrained(sys.argv[1], revision=sys.argv[2], cache_dir=Path(sys.argv[4]) / 'pc')\n"
+        "model = CompiledModelForFeatureExtraction.from_pretrained(sys.argv[1], revision=sys.argv[2], "
+        "cache_dir=Path(sys.argv[4]) / 'pc')\n"
         "saved = verify.load_tensors(Path(sys.argv[3]))\n"
         "inputs = {k[3:]: v for k, v in saved.items() if k.startswith('in.')}\n"
         "got = model(**inputs).last_hidden_state\n"
@@ -165,8 +189,14 @@ def test_publish_hub_end_to_end_and_load_in_fresh_process(built, hub, tmp_path):
         "assert torch.allclose(got, want, atol=1e-4, rtol=1e-4)\n"
     )
     env = hub_env(hub.url, tmp_path / "fresh")
-    proc = subprocess.run([sys.executable, "-c", script, VARIANT_REPO, pub["commit"], str(ref), str(tmp_path)],
-                          cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [sys.executable, "-c", script, VARIANT_REPO, pub["commit"], str(ref), str(tmp_path)],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "max_abs" in proc.stdout and str(tmp_path / "fresh" / "hf_home") in proc.stdout, proc.stdout
 
@@ -181,7 +211,11 @@ def test_push_folder_is_one_idempotent_commit(built, hub):
     assert not again.committed and again.oid == first.oid and hub.commits("push/tiny") == 1
     with pytest.raises(hub_client.PublishError) as e:
         hub_client.push_folder(folder, "push/tiny2", api=api_for(hub.url, "hf_bad_token_value_999"))
-    assert "hf auth login" in str(e.value) and "push/tiny2" in str(e.value) and "hf_bad_token_value_999" not in str(e.value)
+    assert (
+        "hf auth login" in str(e.value)
+        and "push/tiny2" in str(e.value)
+        and "hf_bad_token_value_999" not in str(e.value)
+    )
 
 
 def test_second_run_with_empty_cache_takes_the_shared_cache_and_commits_nothing(built, hub, tmp_path):
@@ -198,7 +232,10 @@ def test_second_run_with_empty_cache_takes_the_shared_cache_and_commits_nothing(
     assert manifest["fetched_from"]["path"] == shared_cache.cache_path(manifest["spec"], row["key"])
     assert Cache(cache).lookup(row["key"])[0] == entry
     # re-publishing the unchanged (fetched) variant makes no commit anywhere
-    assert row["published"]["status"] == "unchanged" and row["published"]["commit"] == built["report"]["jobs"][0]["published"]["commit"]
+    assert (
+        row["published"]["status"] == "unchanged"
+        and row["published"]["commit"] == built["report"]["jobs"][0]["published"]["commit"]
+    )
     assert hub.stats()["commits"] == before
 
 
@@ -255,7 +292,9 @@ def test_dry_run_pushes_nothing_and_local_writes_the_layout(built, hub, tmp_path
     assert (entry / "manifest.json").is_file() and (entry / "model.pt2").is_file() and not (entry / "logs").exists()
     assert row["published"]["path"] == str(repo_dir)
     # and the local shared cache serves an empty local cache
-    folder, why = shared_cache.fetch(key, built["jobs"][0]["spec"], Cache(tmp_path / "empty"), {"name": "local", "dir": str(out), "cache_repo": None})
+    folder, why = shared_cache.fetch(
+        key, built["jobs"][0]["spec"], Cache(tmp_path / "empty"), {"name": "local", "dir": str(out), "cache_repo": None}
+    )
     assert why is None and (folder / "model.pt2").read_bytes() == (entry / "model.pt2").read_bytes()
 
 
@@ -309,12 +348,22 @@ def test_server_killed_mid_publish_then_rerun_completes(built, tmp_path):
     prefix = shared_cache.cache_path(built["jobs"][0]["spec"], key)
     srv.faults(commit_delay_s=5.0)
     env = hub_env(srv.url, tmp_path)
-    args = [sys.executable, "-m", "pipeline", *ONE_JOB, f"cache.dir={cache}", f"report.dir={tmp_path / 'runs'}", *hub_args("kill", "kill/cache")]
+    args = [
+        sys.executable,
+        "-m",
+        "pipeline",
+        *ONE_JOB,
+        f"cache.dir={cache}",
+        f"report.dir={tmp_path / 'runs'}",
+        *hub_args("kill", "kill/cache"),
+    ]
     proc = subprocess.Popen(args, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         deadline = time.time() + 120
         while srv.stats()["commit_requests"].get("kill/cache", 0) < 1:
-            assert time.time() < deadline and proc.poll() is None, proc.stdout.read() if proc.poll() is not None else "timeout"
+            assert time.time() < deadline and proc.poll() is None, (
+                proc.stdout.read() if proc.poll() is not None else "timeout"
+            )
             time.sleep(0.05)
         time.sleep(0.3)  # inside the commit: blobs stored, state not yet replaced
         assert srv.commits("kill/cache") == 0
@@ -331,15 +380,30 @@ def test_server_killed_mid_publish_then_rerun_completes(built, tmp_path):
     try:
         api = api_for(srv2.url)
         # nothing half-visible: the entry is fully there or absent
-        present = [f for f in (api.list_repo_files("kill/cache") if api.repo_exists("kill/cache") else []) if f.startswith(prefix)]
+        present = [
+            f
+            for f in (api.list_repo_files("kill/cache") if api.repo_exists("kill/cache") else [])
+            if f.startswith(prefix)
+        ]
         assert present == [] or {f.rsplit("/", 1)[1] for f in present} >= {"manifest.json", "model.pt2", "config.json"}
-        assert not api.repo_exists(VARIANT_REPO.replace("org/", "kill/")) or "model.pt2" in api.list_repo_files(VARIANT_REPO.replace("org/", "kill/"))
+        assert not api.repo_exists(VARIANT_REPO.replace("org/", "kill/")) or "model.pt2" in api.list_repo_files(
+            VARIANT_REPO.replace("org/", "kill/")
+        )
         env = hub_env(srv2.url, tmp_path)
-        proc = subprocess.run(args[:-3] + [f"report.dir={tmp_path / 'runs2'}"] + args[-3:], cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+        proc = subprocess.run(
+            args[:-3] + [f"report.dir={tmp_path / 'runs2'}"] + args[-3:],
+            cwd=REPO,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
         assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
         (row,) = latest_report(tmp_path / "runs2")["jobs"]
         assert row["published"]["status"] == "published"
-        assert api.file_exists("kill/cache", f"{prefix}/model.pt2") and api.file_exists("kill/cache", f"{prefix}/manifest.json")
+        assert api.file_exists("kill/cache", f"{prefix}/model.pt2") and api.file_exists(
+            "kill/cache", f"{prefix}/manifest.json"
+        )
         assert "model.pt2" in api.list_repo_files("kill/tiny-bert-inductor-fp32-b1-s16")
     finally:
         srv2.stop()
@@ -371,7 +435,12 @@ def test_two_publishers_same_cache_repo_at_once(built, hub, tmp_path):
     stats = hub.stats()
     assert stats["commits"]["conc/cache"] == 2
     assert stats["commit_requests"]["conc/cache"] >= 2
-    print("conc/cache commit requests:", stats["commit_requests"]["conc/cache"], "commits:", stats["commits"]["conc/cache"])
+    print(
+        "conc/cache commit requests:",
+        stats["commit_requests"]["conc/cache"],
+        "commits:",
+        stats["commits"]["conc/cache"],
+    )
 
 
 def test_tampered_shared_entry_is_detected_and_not_used(built, hub, tmp_path):
@@ -386,7 +455,9 @@ def test_tampered_shared_entry_is_detected_and_not_used(built, hub, tmp_path):
     good = (Cache(built["cache"]).entry_dir(job["key"]) / "model.pt2").read_bytes()
     bad = bytearray(good)
     bad[len(bad) // 2] ^= 0xFF
-    api_for(hub.url).create_commit("tamper/cache", [CommitOperationAdd(f"{prefix}/model.pt2", bytes(bad))], commit_message="evil")
+    api_for(hub.url).create_commit(
+        "tamper/cache", [CommitOperationAdd(f"{prefix}/model.pt2", bytes(bad))], commit_message="evil"
+    )
 
     empty = Cache(tmp_path / "empty")
     folder, why = shared_cache.fetch(job["key"], job["spec"], empty, cfg["publish"])
@@ -398,8 +469,13 @@ def test_tampered_shared_entry_is_detected_and_not_used(built, hub, tmp_path):
 
 
 def test_platform_tag_and_batches():
-    spec = {"backend": {"name": "inductor", "options": {"device": "cuda"}},
-            "toolchain": {"torch": "2.13.0+cu128", "platform": {"arch": "x86_64", "cpu_capability": "AVX512", "gpu_arch": "sm_90 NVIDIA H100"}}}
+    spec = {
+        "backend": {"name": "inductor", "options": {"device": "cuda"}},
+        "toolchain": {
+            "torch": "2.13.0+cu128",
+            "platform": {"arch": "x86_64", "cpu_capability": "AVX512", "gpu_arch": "sm_90 NVIDIA H100"},
+        },
+    }
     assert shared_cache.platform_tag(spec) == "inductor-cuda-x86_64-sm_90-torch2.13.0"
     spec = {"backend": {"name": "neuron", "options": {}}, "toolchain": {"neuronx-cc": "2.21.33363.0", "target": "trn1"}}
     assert shared_cache.platform_tag(spec) == "neuron-trn1-neuronx-cc2.21.33363.0"

@@ -1,4 +1,5 @@
 """Backend registry. Modules are imported lazily by name; each is light at import."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -14,7 +15,11 @@ def backend_class(name: str) -> type[Backend]:
     if name not in MODULES:
         raise KeyError(f"unknown backend {name!r}; known: {', '.join(MODULES)}")
     module = importlib.import_module(MODULES[name])
-    return next(v for v in vars(module).values() if isinstance(v, type) and issubclass(v, Backend) and v is not Backend and getattr(v, "name", None) == name)
+    return next(
+        v
+        for v in vars(module).values()
+        if isinstance(v, type) and issubclass(v, Backend) and v is not Backend and getattr(v, "name", None) == name
+    )
 
 
 def options_class(name: str) -> type:

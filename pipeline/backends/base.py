@@ -3,6 +3,7 @@
 A backend is light to import: heavy imports (torch, torch_neuronx, ...) happen inside
 `compile` and `load`, so planning and validation stay fast.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -52,7 +53,9 @@ class Backend:
         cast type this machine can only emulate). Shown by plan and run, kept in the report."""
         return []
 
-    def compile(self, model: Any, example_inputs: dict[str, Any], spec: dict[str, Any], workdir: Path) -> dict[str, Any]:
+    def compile(
+        self, model: Any, example_inputs: dict[str, Any], spec: dict[str, Any], workdir: Path
+    ) -> dict[str, Any]:
         """Compile `model` for `example_inputs` and write the artifact files into `workdir`.
 
         Returns the backend's section for the artifact's config.json (what `load` needs)."""

@@ -1,1 +1,2 @@
-"""The command line: modes (what each `mode=` does), run (plan -> execute -> publish -> reports), console (all output)."""
+"""The command line: modes (what each `mode=` does), run (plan -> execute -> publish -> reports),
+console (all output)."""

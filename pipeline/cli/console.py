@@ -1,4 +1,5 @@
 """All terminal output of the CLI: one console for results, one for errors (stderr)."""
+
 from __future__ import annotations
 
 import sys

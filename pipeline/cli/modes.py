@@ -1,4 +1,5 @@
 """What each mode does. `dispatch` returns the exit code (see the CLI contract)."""
+
 from __future__ import annotations
 
 import json
@@ -34,7 +35,9 @@ def dispatch(cfg: dict, model_choice: str | None = None) -> int:
     mode = cfg.get("mode", "run")
     if mode == "validate":
         n = sum(1 for _ in combinations(resolved.cfg, resolved.models))
-        console.print(f"config OK: {len(resolved.models)} models, {n} combinations (revisions are resolved by mode=plan/run)")
+        console.print(
+            f"config OK: {len(resolved.models)} models, {n} combinations (revisions are resolved by mode=plan/run)"
+        )
         return 0
     if mode == "plan":
         return plan_mode(resolved)
@@ -69,9 +72,17 @@ def plan_mode(resolved) -> int:
         if i > shown:
             continue
         style = {"hit": "green", "failed-before": "red"}.get(status, "yellow")
-        table.add_row(str(i), job["model"]["name"], job["task"], str(job["shapes"].get("batch_size")),
-                      str(job["shapes"].get("sequence_length")), job["cast_type"], job["backend"],
-                      keys.short(job["key"]), f"[{style}]{status}[/]")
+        table.add_row(
+            str(i),
+            job["model"]["name"],
+            job["task"],
+            str(job["shapes"].get("batch_size")),
+            str(job["shapes"].get("sequence_length")),
+            job["cast_type"],
+            job["backend"],
+            keys.short(job["key"]),
+            f"[{style}]{status}[/]",
+        )
     if len(jobs) > shown:
         table.caption = f"first {shown} of {len(jobs)} jobs; every job is in plan.json"
     console.print(table)
@@ -122,8 +133,11 @@ def explain_mode(cfg: dict) -> int:
         return 2
     for name in ("key", "against"):
         if isinstance(cfg.get(name), (float, bool)):  # Hydra reads e.g. key=12e3 as 12000.0
-            err.print(f"{name}: Hydra read the value as a {type(cfg[name]).__name__} ({cfg[name]!r}), not a key prefix; "
-                      f"quote it: {name}=\"'<prefix>'\"", markup=False)
+            err.print(
+                f"{name}: Hydra read the value as a {type(cfg[name]).__name__} ({cfg[name]!r}), not a key prefix; "
+                f"quote it: {name}=\"'<prefix>'\"",
+                markup=False,
+            )
             return 2
     specs = _known_specs(cfg)
     a = _find(specs, str(cfg["key"]))
@@ -155,7 +169,8 @@ def merge_mode(cfg: dict) -> int:
     """Merge CI shards' reports (runs=DIR1,DIR2,...) into one report under report.dir."""
     runs = [r.strip() for r in str(cfg.get("runs") or "").split(",") if r.strip()]
     if not runs:
-        err.print("mode=merge needs runs=DIR1,DIR2,... (the shards' run folders, each with a report.json)")
+        err.print("mode=merge needs \"runs='DIR1,DIR2,...'\" (the shards' run folders, each with a report.json; "
+                  "the quotes keep Hydra from reading the commas as a sweep)", markup=False)
         return 2
     out = new_run_dir(cfg["report"]["dir"])
     try:
@@ -164,13 +179,19 @@ def merge_mode(cfg: dict) -> int:
         err.print(f"[bold red]cannot merge[/]: {escape(str(e))}", soft_wrap=True)
         return 2
     s = report["summary"]
-    console.print(f"merged {len(runs)} runs: {s['jobs']} jobs, " + ", ".join(f"{v} {k}" for k, v in sorted(s.items())
-                  if k not in ("jobs", "ok")) + f"; reports in {out}", markup=False)
+    console.print(
+        f"merged {len(runs)} runs: {s['jobs']} jobs, "
+        + ", ".join(f"{v} {k}" for k, v in sorted(s.items()) if k not in ("jobs", "ok"))
+        + f"; reports in {out}",
+        markup=False,
+    )
     return 0 if s["ok"] else 1
 
 
 def gc_mode(cfg: dict) -> int:
     result = Cache(cfg["cache"]["dir"]).gc(int(cfg["cache"]["max_size_gb"] * 1e9), cfg["cache"]["stale_tmp_hours"])
-    console.print(f"gc: removed {len(result['removed_entries'])} entries and {result['removed_tmp']} temp dirs; "
-                  f"{result['kept']} entries kept, {result['size_bytes'] / 1e6:.1f} MB")
+    console.print(
+        f"gc: removed {len(result['removed_entries'])} entries and {result['removed_tmp']} temp dirs; "
+        f"{result['kept']} entries kept, {result['size_bytes'] / 1e6:.1f} MB"
+    )
     return 0

@@ -1,4 +1,5 @@
 """mode=run: execute the plan, show progress, write the reports, return the exit code."""
+
 from __future__ import annotations
 
 import threading
@@ -24,7 +25,9 @@ class Progress:
         self.started: dict[int, float] = {}
         self.elapsed: dict[int, float] = {}
         self.lock = threading.Lock()
-        self.live = Live(self.render(), console=console, refresh_per_second=2, transient=True) if console.is_terminal else None
+        self.live = (
+            Live(self.render(), console=console, refresh_per_second=2, transient=True) if console.is_terminal else None
+        )
 
     def render(self) -> Table:
         table = Table(title=f"{sum(s not in ('queued', 'running') for s in self.state)}/{len(self.jobs)} jobs done")
@@ -34,7 +37,9 @@ class Progress:
         for i, job in enumerate(self.jobs):
             el = self.elapsed.get(i, now - self.started[i] if i in self.started else 0.0)
             style = STATUS_STYLE.get(self.state[i], "white")
-            table.add_row(describe(job), keys.short(job["key"]), f"[{style}]{self.state[i]}[/]", f"{el:.0f}s" if el else "")
+            table.add_row(
+                describe(job), keys.short(job["key"]), f"[{style}]{self.state[i]}[/]", f"{el:.0f}s" if el else ""
+            )
         return table
 
     def start(self, i: int, job: dict) -> None:
@@ -76,6 +81,11 @@ def run(resolved, jobs: list[dict]) -> int:
     report = write_reports(run_dir, run_dir.name, cfg, rows)
     console.print(summary_table(rows))
     s = report["summary"]
-    console.print(f"{s['jobs']} jobs: " + ", ".join(f"{s.get(k, 0)} {k}" for k in ("passed", "cached", "failed", "failed-to-publish", "skipped") if s.get(k))
-                  + f"; reports in {run_dir}")
+    console.print(
+        f"{s['jobs']} jobs: "
+        + ", ".join(
+            f"{s.get(k, 0)} {k}" for k in ("passed", "cached", "failed", "failed-to-publish", "skipped") if s.get(k)
+        )
+        + f"; reports in {run_dir}"
+    )
     return 0 if s["ok"] else 1

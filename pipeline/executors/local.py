@@ -6,6 +6,7 @@ process is already started (`Standby`): it imports torch and transformers and th
 exactly one job, so a job's process does not start cold. One retry for transient faults (the
 worker was killed or timed out); none for deterministic ones (export error, gate failure).
 """
+
 from __future__ import annotations
 
 import os
@@ -24,9 +25,21 @@ from pipeline.worker import run_worker
 
 
 def _row(job: dict, **kw) -> dict:
-    base = {"key": job["key"], "model": job["model"]["name"], "task": job["task"], "shapes": job["shapes"],
-            "cast_type": job["cast_type"], "backend": job["backend"], "status": "failed", "error": None,
-            "metrics": {}, "timings": {}, "artifact": None, "attempts": 0, "notes": []}
+    base = {
+        "key": job["key"],
+        "model": job["model"]["name"],
+        "task": job["task"],
+        "shapes": job["shapes"],
+        "cast_type": job["cast_type"],
+        "backend": job["backend"],
+        "status": "failed",
+        "error": None,
+        "metrics": {},
+        "timings": {},
+        "artifact": None,
+        "attempts": 0,
+        "notes": [],
+    }
     base.update(kw)
     return base
 
@@ -45,8 +58,14 @@ class Standby:
         logs = self.run_dir / "jobs"
         logs.mkdir(parents=True, exist_ok=True)
         with open(logs / f"standby-{len(os.listdir(logs))}.log", "ab") as log:
-            return subprocess.Popen([sys.executable, "-m", "pipeline.worker", "--standby", self.backend], stdin=subprocess.PIPE,
-                                    stdout=log, stderr=subprocess.STDOUT, start_new_session=True, env=self.env)
+            return subprocess.Popen(
+                [sys.executable, "-m", "pipeline.worker", "--standby", self.backend],
+                stdin=subprocess.PIPE,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+                env=self.env,
+            )
 
     def take(self, more_to_come: bool) -> subprocess.Popen | None:
         with self.lock:
@@ -85,8 +104,14 @@ def execute(jobs: list[dict], cfg: dict, run_dir: Path, on_start: Callable, on_d
         found = find(job, cache, cfg["publish"])  # local cache, then the shared cache; re-gated
         if found.folder is not None:
             broken = found.broken
-            rows[i] = _row(job, status="failed" if broken else "cached", artifact=str(found.folder), metrics=found.metrics,
-                           error=broken, notes=found.notes)
+            rows[i] = _row(
+                job,
+                status="failed" if broken else "cached",
+                artifact=str(found.folder),
+                metrics=found.metrics,
+                error=broken,
+                notes=found.notes,
+            )
             if broken and cfg["fail_fast"]:
                 stop.set()
             on_done(i, rows[i])
@@ -105,10 +130,16 @@ def execute(jobs: list[dict], cfg: dict, run_dir: Path, on_start: Callable, on_d
             if result["status"] != "transient":
                 break
         status = "failed" if result["status"] == "transient" else result["status"]
-        rows[i] = _row(job, status=status, error=result.get("error"), metrics=result.get("metrics", {}),
-                       timings=dict(result.get("timings", {}), wall_s=round(time.perf_counter() - start, 3)),
-                       artifact=result.get("artifact"), attempts=attempt,
-                       notes=[n for n in [*found.notes, *result.get("notes", [])] if n])
+        rows[i] = _row(
+            job,
+            status=status,
+            error=result.get("error"),
+            metrics=result.get("metrics", {}),
+            timings=dict(result.get("timings", {}), wall_s=round(time.perf_counter() - start, 3)),
+            artifact=result.get("artifact"),
+            attempts=attempt,
+            notes=[n for n in [*found.notes, *result.get("notes", [])] if n],
+        )
         if status == "failed" and result["status"] == "transient":
             cache.record_failure(job["key"], {"error": rows[i]["error"], "spec": job["spec"], "transient": True})
         if status == "failed" and cfg["fail_fast"]:

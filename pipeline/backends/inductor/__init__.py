@@ -3,6 +3,7 @@
 The artifact is one `model.pt2` package: a shared library with the weights, loadable with
 `torch._inductor.aoti_load_package` and no model Python code.
 """
+
 from __future__ import annotations
 
 import functools
@@ -36,8 +37,16 @@ def cpu_flags() -> frozenset[str]:
     """The CPU's feature flags from /proc/cpuinfo (empty where there is none), so that planning
     does not import torch."""
     try:
-        return frozenset(next((line.split(":", 1)[1].split() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                               if line.startswith("flags")), []))
+        return frozenset(
+            next(
+                (
+                    line.split(":", 1)[1].split()
+                    for line in Path("/proc/cpuinfo").read_text().splitlines()
+                    if line.startswith("flags")
+                ),
+                [],
+            )
+        )
     except OSError:
         return frozenset()
 
@@ -63,7 +72,11 @@ def cxx_version() -> str:
     if not cxx:
         return "absent"
     try:
-        return subprocess.run([cxx, "--version"], capture_output=True, text=True, timeout=10).stdout.splitlines()[0].strip()
+        return (
+            subprocess.run([cxx, "--version"], capture_output=True, text=True, timeout=10)
+            .stdout.splitlines()[0]
+            .strip()
+        )
     except (OSError, subprocess.SubprocessError, IndexError):
         return "unknown"
 
@@ -81,7 +94,14 @@ def gpu_arch() -> str:
 class InductorBackend(Backend):
     name = "inductor"
     cast_types = ("fp32", "bf16", "fp16", "int8")
-    tasks = ("feature-extraction", "text-classification", "token-classification", "question-answering", "fill-mask", "text-generation")
+    tasks = (
+        "feature-extraction",
+        "text-classification",
+        "token-classification",
+        "question-answering",
+        "fill-mask",
+        "text-generation",
+    )
 
     def warm_up(self) -> None:
         import torch  # noqa: F401
@@ -119,9 +139,14 @@ class InductorBackend(Backend):
         flags = cpu_flags()
         if self.options.get("device", "cpu") != "cpu" or not flags:  # no /proc/cpuinfo: nothing known
             return []
-        return [f"cast_type {cast}: this CPU has neither {' nor '.join(NATIVE_LOW_PRECISION[cast])}, so {cast} math is emulated "
-                f"and its artifacts will likely run slower than fp32 (bench/results/latency.md measured bf16 at 0.4x fp32 on such a CPU)"
-                for cast in sorted(cast_types & set(NATIVE_LOW_PRECISION)) if not flags & set(NATIVE_LOW_PRECISION[cast])]
+        return [
+            f"cast_type {cast}: this CPU has neither {' nor '.join(NATIVE_LOW_PRECISION[cast])}, so {cast} math is "
+            "emulated "
+            "and its artifacts will likely run slower than fp32 (bench/results/latency.md measured bf16 at 0.4x "
+            "fp32 on such a CPU)"
+            for cast in sorted(cast_types & set(NATIVE_LOW_PRECISION))
+            if not flags & set(NATIVE_LOW_PRECISION[cast])
+        ]
 
     def validate(self, job: dict[str, Any]) -> list[str]:
         errors = []
@@ -141,8 +166,13 @@ class InductorBackend(Backend):
         task = tasks.TASKS[spec["task"]]
         if task.decoder:
             info = decoder.export_decoder(
-                model, spec["shapes"]["batch_size"], spec["shapes"]["sequence_length"], spec["cast_type"], workdir,
-                inductor_configs=dict(self.options["inductor_configs"]), device=self.options["device"],
+                model,
+                spec["shapes"]["batch_size"],
+                spec["shapes"]["sequence_length"],
+                spec["cast_type"],
+                workdir,
+                inductor_configs=dict(self.options["inductor_configs"]),
+                device=self.options["device"],
             )
             return {"compiled": info}
         device = self.options["device"]
@@ -167,8 +197,13 @@ class InductorBackend(Backend):
             )
         return {
             "compiled": {
-                "format": "aoti-pt2", "file": PACKAGE, "input_names": names, "output_names": list(task.outputs),
-                "dtype": DTYPES[spec["cast_type"]], "device": device, "dynamic_batch_size": bool(spec.get("dynamic_batch_size")),
+                "format": "aoti-pt2",
+                "file": PACKAGE,
+                "input_names": names,
+                "output_names": list(task.outputs),
+                "dtype": DTYPES[spec["cast_type"]],
+                "device": device,
+                "dynamic_batch_size": bool(spec.get("dynamic_batch_size")),
             }
         }
 

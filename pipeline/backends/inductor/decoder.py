@@ -23,6 +23,7 @@ The runner is stateful (it owns the cache): one generate() at a time per runner.
 
 Heavy imports (torch, transformers) happen inside the functions that need them.
 """
+
 from __future__ import annotations
 
 import copy
@@ -48,11 +49,15 @@ OUTPUT_NAMES = ("logits",)
 DEFAULT_INDUCTOR_CONFIGS: dict[str, Any] = {"freezing": True}
 
 _DTYPES = {
-    "fp32": "float32", "float32": "float32",
-    "bf16": "bfloat16", "bfloat16": "bfloat16",
-    "fp16": "float16", "float16": "float16",
+    "fp32": "float32",
+    "float32": "float32",
+    "bf16": "bfloat16",
+    "bfloat16": "bfloat16",
+    "fp16": "float16",
+    "float16": "float16",
 }
 _SHORT_DTYPE = {"float32": "fp32", "bfloat16": "bf16", "float16": "fp16"}
+
 
 class DecoderExportError(RuntimeError):
     """The model cannot be compiled as a static-cache decoder; the message says why."""
@@ -254,9 +259,7 @@ def export_decoder(
         started = time.perf_counter()
         package_path = workdir / ARTIFACT_FILE
         try:
-            torch._inductor.aoti_compile_and_package(
-                ep, package_path=str(package_path), inductor_configs=dict(configs)
-            )
+            torch._inductor.aoti_compile_and_package(ep, package_path=str(package_path), inductor_configs=dict(configs))
         except Exception as exc:
             raise DecoderExportError(
                 f"AOTInductor compile of {arch} failed: {type(exc).__name__}: {_first_line(exc)}"
@@ -398,5 +401,3 @@ def load_decoder(folder: Path | str, compile_config: dict | None = None) -> Deco
 
         generation_config = GenerationConfig.from_pretrained(folder, config_file_name=gen_file.name)
     return DecoderRunner(package, compile_config, generation_config, folder=folder)
-
-

@@ -34,6 +34,7 @@ The recipe, and why:
 The artifact calls only torch-core ops (onednn qlinear, quantized_decomposed), so it loads
 with `aoti_load_package` in a process that never imports torchao.
 """
+
 from __future__ import annotations
 
 import copy
@@ -59,8 +60,10 @@ def _pt2e():
                 import torch.ao.quantization.quantizer.x86_inductor_quantizer as xiq  # type: ignore[no-redef]
                 from torch.ao.quantization.quantize_pt2e import convert_pt2e, prepare_pt2e  # type: ignore[no-redef]
             except ImportError:
-                raise ImportError("cast_type int8 needs torchao (pip install torchao): PT2E quantization "
-                                  f"moved out of torch.ao in this torch version ({e})") from e
+                raise ImportError(
+                    "cast_type int8 needs torchao (pip install torchao): PT2E quantization "
+                    f"moved out of torch.ao in this torch version ({e})"
+                ) from e
     return xiq, prepare_pt2e, convert_pt2e
 
 
@@ -126,6 +129,7 @@ def plan_layers(module, calib: dict, alpha: float = ALPHA, max_layer_error: floa
     def hook(name):
         def record(mod, args, out):
             inputs[name] = args[0].detach().flatten(0, -2).float()
+
         return record
 
     handles = [m.register_forward_hook(hook(n)) for n, m in linears.items()]
@@ -138,12 +142,22 @@ def plan_layers(module, calib: dict, alpha: float = ALPHA, max_layer_error: floa
     plan = {}
     for name, x in inputs.items():
         weight = linears[name].weight.detach().float()
-        s = (x.abs().amax(0).clamp(min=1e-5) ** alpha / weight.abs().amax(0).clamp(min=1e-5) ** (1 - alpha)).clamp(min=1e-5)
+        s = (x.abs().amax(0).clamp(min=1e-5) ** alpha / weight.abs().amax(0).clamp(min=1e-5) ** (1 - alpha)).clamp(
+            min=1e-5
+        )
         raw, smoothed = _simulated_error(x, weight), _simulated_error(x / s, weight * s)
         use = smoothed < raw
-        worst = _simulated_error(x / s, weight * s, worst_token=True) if use else _simulated_error(x, weight, worst_token=True)
-        plan[name] = {"scale": s if use else None, "quantize": worst <= max_layer_error,
-                      "error": round(min(raw, smoothed), 5), "worst_token_error": round(worst, 5)}
+        worst = (
+            _simulated_error(x / s, weight * s, worst_token=True)
+            if use
+            else _simulated_error(x, weight, worst_token=True)
+        )
+        plan[name] = {
+            "scale": s if use else None,
+            "quantize": worst <= max_layer_error,
+            "error": round(min(raw, smoothed), 5),
+            "worst_token_error": round(worst, 5),
+        }
     return plan
 
 
@@ -165,8 +179,16 @@ def apply_smoothing(module, plan: dict[str, dict]):
     return module
 
 
-def export_int8(module, inputs: dict, dynamic_shapes: Any = None, *, alpha: float = ALPHA,
-                max_layer_error: float = MAX_LAYER_ERROR, report: dict | None = None, dynamic: bool = True):
+def export_int8(
+    module,
+    inputs: dict,
+    dynamic_shapes: Any = None,
+    *,
+    alpha: float = ALPHA,
+    max_layer_error: float = MAX_LAYER_ERROR,
+    report: dict | None = None,
+    dynamic: bool = True,
+):
     """Export `module(**inputs)` with dynamic int8 Linear layers (see the module docstring) as an
     ExportedProgram for aoti_compile_and_package. `report`, when given, receives the per-layer plan.
     `dynamic=False` is static activation quantization (ranges from the calibration batch): fewer
@@ -183,10 +205,19 @@ def export_int8(module, inputs: dict, dynamic_shapes: Any = None, *, alpha: floa
     for name, p in plan.items():
         if not p["quantize"]:  # annotated first, so the module-type rule below skips it
             quantizer.set_module_name_qconfig(name + (".linear" if p["scale"] is not None else ""), None)
-    quantizer.set_module_type_qconfig(torch.nn.Linear, xiq.get_default_x86_inductor_quantization_config(is_dynamic=dynamic))
+    quantizer.set_module_type_qconfig(
+        torch.nn.Linear, xiq.get_default_x86_inductor_quantization_config(is_dynamic=dynamic)
+    )
     if report is not None:
-        report.update({"recipe": INT8_RECIPE, "layers": {n: {k: v for k, v in p.items() if k != "scale"} | {"smoothed": p["scale"] is not None}
-                                                          for n, p in plan.items()}})
+        report.update(
+            {
+                "recipe": INT8_RECIPE,
+                "layers": {
+                    n: {k: v for k, v in p.items() if k != "scale"} | {"smoothed": p["scale"] is not None}
+                    for n, p in plan.items()
+                },
+            }
+        )
     with torch.no_grad():
         captured = torch.export.export(smoothed, (), kwargs=inputs, dynamic_shapes=dynamic_shapes, strict=True).module()
         # Outputs the task does not return (BERT's pooler: Linear + Tanh) survive export as
