@@ -22,7 +22,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from filelock import FileLock
+from filelock import FileLock, Timeout
 
 MANIFEST = "manifest.json"
 LAST_USED = ".last_used"
@@ -114,16 +114,19 @@ class Cache:
             return "failed-before"
         return "miss"
 
-    def lookup(self, key: str) -> tuple[Path | None, str | None]:
-        """(entry folder, None) for a sound entry; (None, reason) when a broken entry was
-        found and removed (so it gets rebuilt); (None, None) when there is none."""
+    def lookup(self, key: str, locked: bool = False) -> tuple[Path | None, str | None]:
+        """(entry folder, None) for a sound entry; (None, reason) when a broken entry was found
+        (so it gets rebuilt); (None, None) when there is none. Only a caller holding the key's
+        lock (`locked=True`) removes a broken entry: without the lock, what looks broken may be
+        an entry another process is committing at this very moment."""
         folder = self.entry_dir(key)
         manifest = self.manifest(key)
         if manifest is None:
             return None, None
         problem = check_integrity(folder, manifest)
         if problem is not None:
-            self._discard(folder)
+            if locked:
+                self._discard(folder)
             return None, f"cache entry {key[:12]} failed its integrity check ({problem}); rebuilding"
         (folder / LAST_USED).touch()
         return folder, None
@@ -147,6 +150,16 @@ class Cache:
         """Under the key's lock nobody else builds this key: leftovers are from a crash."""
         for p in (self.root / ".tmp").glob(f"{key}-*"):
             shutil.rmtree(p, ignore_errors=True)
+
+    def clear_stale_tmp_locked(self, key: str, timeout: float = 30) -> bool:
+        """Take the key's lock (a killed worker's lock is free at once) and clear its temp dirs;
+        False when another process holds the lock (it is building the key: its dirs are not stale)."""
+        try:
+            with self.lock(key, timeout=timeout):
+                self.clear_stale_tmp(key)
+            return True
+        except Timeout:
+            return False
 
     def commit(self, key: str, tmp: Path, manifest: dict) -> Path:
         """Write the manifest (with the file table) and rename the temp dir into place."""
@@ -196,10 +209,16 @@ class Cache:
 
     def gc(self, max_size_bytes: int, stale_tmp_hours: float) -> dict:
         """Remove stale temp dirs, then least-recently-used entries until under the cap."""
-        removed_tmp = 0
+        removed_tmp, skipped_locked = 0, []
         cutoff = time.time() - stale_tmp_hours * 3600
-        for p in (self.root / ".tmp").glob("*") if (self.root / ".tmp").is_dir() else []:
-            if p.stat().st_mtime < cutoff:
+        for p in sorted((self.root / ".tmp").glob("*")) if (self.root / ".tmp").is_dir() else []:
+            key = p.name.split("-", 1)[0]
+            if len(key) == 64:  # a build dir <key>-<rand>: stale only if nobody holds the key's lock
+                if not self.clear_stale_tmp_locked(key, timeout=0):
+                    skipped_locked.append(key)
+                    continue
+                removed_tmp += 1
+            elif p.exists() and p.stat().st_mtime < cutoff:  # discard-* left by a crash
                 shutil.rmtree(p, ignore_errors=True)
                 removed_tmp += 1
 
@@ -216,13 +235,18 @@ class Cache:
         for _, s, e in entries:
             if total <= max_size_bytes:
                 break
-            with self.lock(e.name):
-                self._discard(e)
+            try:
+                with self.lock(e.name, timeout=0):  # in use by another process: never touched
+                    self._discard(e)
+            except Timeout:
+                skipped_locked.append(e.name)
+                continue
             total -= s
             removed.append(e.name)
         return {
             "removed_entries": removed,
             "removed_tmp": removed_tmp,
+            "skipped_locked": sorted(set(skipped_locked)),
             "size_bytes": total,
             "kept": len(entries) - len(removed),
         }

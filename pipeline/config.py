@@ -87,6 +87,7 @@ class ExecutorConfig:
     name: str = "local"  # local process pool
     workers: int = 1  # parallel compiles; compiles are CPU-bound, so 1 is right on small machines
     standby: bool = True  # start the next job's process (imports) while a job compiles; ~250 MB RSS each
+    memory_limit_gb: Optional[float] = None  # cap on a worker's address space; past it the job fails "out of memory"
 
 
 @dataclass
@@ -99,8 +100,16 @@ class PublishConfig:
     revision_template: Optional[str] = (
         None  # e.g. "{backend}-{cast_type}-b{batch_size}-s{sequence_length}": one repo per model
     )
-    cache_repo: Optional[str] = None  # shared content-addressed cache repo, consulted before compiling
+    cache_repo: Optional[str] = None  # shared content-addressed cache repo, consulted before compiling (no default)
     endpoint: Optional[str] = None  # Hub endpoint; default HF_ENDPOINT or huggingface.co
+    private: bool = True  # repos this run creates are private; false creates them public
+    allow_gated: bool = False  # publish artifacts of gated models (their weights are baked into the artifact)
+
+
+@dataclass
+class SharedCacheConfig:
+    verify: bool = True  # re-verify a fetched entry against the CPU fp32 reference before first use
+    trusted_repos: List[str] = field(default_factory=list)  # if set, only these cache repos are read at all
 
 
 @dataclass
@@ -111,6 +120,7 @@ class RunConfig:
     backend: Dict[str, Any] = field(default_factory=dict)  # checked against the chosen backend's Options
     executor: ExecutorConfig = field(default_factory=ExecutorConfig)
     publish: PublishConfig = field(default_factory=PublishConfig)
+    shared_cache: SharedCacheConfig = field(default_factory=SharedCacheConfig)
     cache: CacheConfig = field(default_factory=CacheConfig)
     report: ReportConfig = field(default_factory=ReportConfig)
     verify: VerifyConfig = field(default_factory=VerifyConfig)

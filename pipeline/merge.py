@@ -174,4 +174,5 @@ def merge_reports(run_dirs: list[Path], out_dir: Path) -> dict:
     }
     out_dir.mkdir(parents=True, exist_ok=True)
     report_mod.write_report_files(out_dir, merged)
+    report_mod.mark_latest(out_dir)
     return merged

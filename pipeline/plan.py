@@ -8,6 +8,7 @@ from __future__ import annotations
 import copy
 import itertools
 import json
+import os
 import re
 from pathlib import Path
 from typing import Any, Iterator
@@ -194,5 +195,11 @@ def describe(job: dict) -> str:
 
 
 def write_plan(jobs: list[dict], path: Path) -> None:
+    """plan.json, atomically (a full disk leaves no half file)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps({"jobs": jobs}, indent=1, sort_keys=True))
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        tmp.write_text(json.dumps({"jobs": jobs}, indent=1, sort_keys=True))
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)

@@ -14,15 +14,20 @@ from pipeline.backends import get_backend
 
 
 def new_run_dir(root: str) -> Path:
-    """<root>/<run-id>/ and <root>/latest pointing at it."""
+    """<root>/<run-id>/ (`mark_latest` points <root>/latest at it once its files are written)."""
     run_id = time.strftime("%Y%m%d-%H%M%S") + "-" + uuid.uuid4().hex[:6]
     d = Path(root) / run_id
     d.mkdir(parents=True, exist_ok=True)
-    latest = Path(root) / "latest"
-    tmp = Path(root) / f".latest-{run_id}"
-    tmp.symlink_to(run_id)
-    os.replace(tmp, latest)
     return d
+
+
+def mark_latest(run_dir: Path) -> None:
+    """<root>/latest -> run_dir, atomically; called after the run's files are complete, so
+    `latest` never points at a run whose plan or report could not be written."""
+    tmp = run_dir.parent / f".latest-{run_dir.name}"
+    tmp.unlink(missing_ok=True)
+    tmp.symlink_to(run_dir.name)
+    os.replace(tmp, run_dir.parent / "latest")
 
 
 # Every status a row can have, in the order summaries list them. `interrupted`: the run was stopped
@@ -226,9 +231,11 @@ def build_report(run_id: str, cfg: dict, rows: list[dict]) -> dict:
     return {"run_id": run_id, "config": cfg, "environment": env, "jobs": rows, "summary": summary(rows)}
 
 
-def write_reports(run_dir: Path, run_id: str, cfg: dict, rows: list[dict]) -> dict:
-    report = build_report(run_id, cfg, rows)
+def write_reports(run_dir: Path, run_id: str, cfg: dict, rows: list[dict], extra: dict | None = None) -> dict:
+    """Build the report (plus `extra` top-level fields, e.g. why the run stopped) and write its files."""
+    report = dict(build_report(run_id, cfg, rows), **(extra or {}))
     write_report_files(run_dir, report)
+    mark_latest(run_dir)
     return report
 
 

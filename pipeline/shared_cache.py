@@ -17,7 +17,7 @@ import shutil
 from pathlib import Path
 
 from pipeline import keys
-from pipeline.cache import MANIFEST, Cache, check_integrity
+from pipeline.cache import MANIFEST, check_integrity
 from pipeline.hub import PublishError, _call, _head, hub_api, scrub
 from pipeline.model_entries import offline
 
@@ -139,78 +139,76 @@ def _source(publish_cfg: dict | None):
     return None
 
 
-def fetch(key: str, spec: dict, cache: Cache, publish_cfg: dict) -> tuple[Path | None, str | None]:
-    """After a local miss: take the entry from the shared cache into the local one.
+def describe(publish_cfg: dict | None) -> str | None:
+    """Which shared cache a config names (repo or folder), or None."""
+    src = _source(publish_cfg)
+    return None if src is None else src.name
 
-    Returns (entry folder, None) on success; (None, None) when the shared cache has no entry
-    for the key (or none is configured); (None, reason) when one was found but not used: a
-    file whose sha256 or size differs from its manifest (tampered or truncated: the reason
-    names the file), a manifest that does not match the key, or an unreachable Hub."""
+
+def untrusted(publish_cfg: dict | None, trusted_repos: list[str]) -> str | None:
+    """Why the configured cache repo may not be read (not in shared_cache.trusted_repos), or None."""
+    pc = publish_cfg or {}
+    repo = pc.get("cache_repo")
+    if trusted_repos and pc.get("name", "hub") == "hub" and repo and repo not in trusted_repos:
+        return f"shared cache {repo} is not in shared_cache.trusted_repos ({', '.join(trusted_repos)}); not read"
+    return None
+
+
+def download(key: str, spec: dict, dest: Path, publish_cfg: dict | None) -> tuple[dict | None, str | None]:
+    """After a local miss: download the key's entry from the shared cache into `dest` (an empty
+    temp folder of the local cache) and check every file against the entry's manifest.
+
+    Returns (manifest with `fetched_from`, None) when the files are intact; (None, None) when
+    the shared cache has no entry for the key (or none is configured); (None, reason) when one
+    was found but is not usable: a file whose sha256 or size differs from its manifest
+    (tampered or truncated: the reason names the file), a manifest that does not match the key,
+    an unsafe path, or an unreachable Hub. Intact is not trusted: the files prove they are
+    what the manifest lists, not who built them, so the caller verifies the artifact before
+    committing it (shared_cache.verify)."""
     src = _source(publish_cfg)
     if src is None:
         return None, None
     where = cache_path(spec, key)
+    what = f"shared cache entry {key[:12]} in {src.name}"
+    dl = dest.parent / f"{dest.name}.download"
     try:
         if not src.open():
             return None, None
-        with cache.lock(key):
-            folder, _ = cache.lookup(key)
-            if folder is not None:  # another process fetched or compiled it meanwhile
-                return folder, None
-            dl = cache.new_tmp(key)
-            tmp = cache.new_tmp(key)
-            try:
-                mpath = src.get(f"{where}/{MANIFEST}", dl)
-                if mpath is None:
-                    return None, None
-                try:
-                    manifest = json.loads(mpath.read_text())
-                    spec_key = keys.key_of(manifest["spec"])
-                except (ValueError, KeyError, TypeError) as e:
-                    return (
-                        None,
-                        f"shared cache entry {key[:12]} in {src.name}: {MANIFEST} is unreadable "
-                        f"({type(e).__name__}); not used",
-                    )
-                if manifest.get("key") != key or spec_key != key:
-                    return (
-                        None,
-                        f"shared cache entry {key[:12]} in {src.name}: {MANIFEST} does not match the key; not used",
-                    )
-                if (manifest.get("verification") or {}).get("status", "passed") != "passed":
-                    return None, f"shared cache entry {key[:12]} in {src.name} is not verified; not used"
-                files = manifest.get("files") or {}
-                bad = [rel for rel in files if not _safe_rel(rel)]
-                if bad:
-                    return (
-                        None,
-                        f"shared cache entry {key[:12]} in {src.name}: unsafe path {bad[0]!r} in {MANIFEST}; not used",
-                    )
-                for rel in files:
-                    got = src.get(f"{where}/{rel}", dl)
-                    if got is None:
-                        return None, f"shared cache entry {key[:12]} in {src.name}: {rel}: missing; not used"
-                    target = tmp / rel
-                    target.parent.mkdir(parents=True, exist_ok=True)
-                    os.replace(got, target)
-                problem = check_integrity(tmp, manifest)
-                if problem is not None:
-                    return (
-                        None,
-                        f"shared cache entry {key[:12]} in {src.name} failed its integrity check ({problem}); not used",
-                    )
-                origin = {
-                    "source": src.name,
-                    "path": where,
-                    "commit": src.commit,
-                    "created_at": manifest.get("created_at"),
-                }
-                base = {k: v for k, v in manifest.items() if k not in ("key", "files", "created_at")}
-                return cache.commit(key, tmp, dict(base, fetched_from=origin)), None
-            finally:
-                shutil.rmtree(dl, ignore_errors=True)
-                shutil.rmtree(tmp, ignore_errors=True)
+        dl.mkdir(parents=True, exist_ok=True)
+        mpath = src.get(f"{where}/{MANIFEST}", dl)
+        if mpath is None:
+            return None, None
+        try:
+            manifest = json.loads(mpath.read_text())
+            spec_key = keys.key_of(manifest["spec"])
+        except (ValueError, KeyError, TypeError) as e:
+            return None, f"{what}: {MANIFEST} is unreadable ({type(e).__name__}); not used"
+        if not isinstance(manifest, dict) or manifest.get("key") != key or spec_key != key:
+            return None, f"{what}: {MANIFEST} does not match the key; not used"
+        if (manifest.get("verification") or {}).get("status", "passed") != "passed":
+            return None, f"{what} is not verified; not used"
+        files = manifest.get("files") or {}
+        bad = [rel for rel in files if not _safe_rel(rel)]
+        if bad:
+            return None, f"{what}: unsafe path {bad[0]!r} in {MANIFEST}; not used"
+        for rel in files:
+            got = src.get(f"{where}/{rel}", dl)
+            if got is None:
+                return None, f"{what}: {rel}: missing; not used"
+            target = dest / rel
+            target.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(got, target)
+        problem = check_integrity(dest, manifest)
+        if problem is not None:
+            return None, f"{what} failed its integrity check ({problem}); not used"
+        origin = {"source": src.name, "path": where, "commit": src.commit, "created_at": manifest.get("created_at")}
+        base = {k: v for k, v in manifest.items() if k not in ("key", "files", "created_at")}
+        return dict(base, fetched_from=origin), None
     except PublishError as e:
         return None, f"shared cache {src.name} not used: {e}"
+    except OSError:
+        raise  # a full disk or an unwritable cache is this machine's problem, not the shared cache's
     except Exception as e:  # the shared cache is an optimisation: never fail a job over it
         return None, scrub(f"shared cache {src.name} not used: {type(e).__name__}: {e}")[:500]
+    finally:
+        shutil.rmtree(dl, ignore_errors=True)

@@ -23,6 +23,7 @@ from pipeline import keys
 from pipeline.backends import get_backend
 from pipeline.backends.base import DecoderRuntime
 from pipeline.generation import generate
+from pipeline.lifeline import watch_parent
 
 REF_VERSION = "ref-2"
 
@@ -249,6 +250,7 @@ def start_standby(backend: str, folder: Path, log: Path):
 
 
 def _main(argv: list[str]) -> int:
+    watch_parent()
     if argv[:1] == ["--standby"]:
         get_backend(argv[1]).warm_up()
         line = sys.stdin.readline()

@@ -3,34 +3,39 @@
     python -m pipeline.worker JOB.json RESULT.json
     python -m pipeline.worker --standby BACKEND   (then one line on stdin: ["JOB.json", "RESULT.json"])
 
-`run_worker` is the other end: it starts (or hands a job to) such a process and waits for it
-with the job's timeout; the executors and `from_pretrained(export=True)` both use it.
+`pipeline.executors.processes.run_worker` is the other end: it starts (or hands a job to) such
+a process and waits for it with the job's timeout; the executors and
+`from_pretrained(export=True)` both use it. A worker dies with its parent (`pipeline.lifeline`).
 
 A standby worker pays its imports (torch, transformers, Inductor) before its job is known and
 waits on stdin for exactly one job; the executor starts the next one while the current job
 compiles, so each job still gets its own fresh process without waiting for its imports.
 
-Under the key's file lock: reuse a sound entry, else load the model, compute (or reuse) the
-CPU fp32 reference, compile, run the artifact in a FRESH process on the same inputs, gate,
-and rename the entry into place only when it passed. stdout/stderr (Inductor, g++) go to
+Under the key's file lock: reuse a sound entry; else take the entry from the shared cache and
+verify it here (it is native code someone else built); else load the model, compute (or
+reuse) the CPU fp32 reference, compile, run the artifact in a FRESH process on the same
+inputs, gate, and rename the entry into place only when it passed. stdout/stderr (Inductor, g++) go to
 the entry's logs/compile.log.
 """
 
 from __future__ import annotations
 
+import errno
 import json
 import os
+import platform
+import resource
 import shutil
 import signal
-import subprocess
 import sys
 import time
 import traceback
 from pathlib import Path
 
-from pipeline import tasks, verify
+from pipeline import shared_cache, tasks, verify
 from pipeline.backends import get_backend
 from pipeline.cache import Cache
+from pipeline.lifeline import watch_parent
 
 
 class JobFailed(Exception):
@@ -93,8 +98,28 @@ def _tokenizer(path: str, revision: str | None, local: bool):
         ) from e
 
 
-def build_artifact(job: dict, cache: Cache, tmp: Path, timings: dict) -> dict:
-    """Compile into `tmp` and verify; returns metrics. Raises JobFailed with the reason."""
+def failure_message(e: BaseException, job: dict) -> str:
+    """One line naming what went wrong, with the faults a user acts on named plainly."""
+    if isinstance(e, JobFailed):
+        return str(e.args[0])
+    if isinstance(e, OSError) and e.errno == errno.ENOSPC:
+        return f"no space left on device ({e.filename or 'writing the cache'}); free space or move cache.dir"
+    text = f"{type(e).__name__}: {e}"
+    if isinstance(e, MemoryError) or any(
+        s in text for s in ("can't allocate memory", "Cannot allocate memory", "bad_alloc")
+    ):
+        limit = job.get("memory_limit_gb")
+        return (
+            "out of memory"
+            + (f" (executor.memory_limit_gb={limit})" if limit else "")
+            + f": {text.splitlines()[0][:300]}"
+        )
+    return text.splitlines()[0][:500] if text else type(e).__name__
+
+
+def build_artifact(job: dict, cache: Cache, tmp: Path, timings: dict, prebuilt: bool = False) -> dict:
+    """Compile into `tmp` (or, `prebuilt`, take the artifact already there: a shared-cache
+    download) and verify it; returns metrics. Raises JobFailed with the reason."""
     spec = job["spec"]
     backend = get_backend(spec["backend"]["name"], job["backend_options"])
     reason = backend.available()
@@ -104,14 +129,21 @@ def build_artifact(job: dict, cache: Cache, tmp: Path, timings: dict) -> dict:
     # process that never sees the model's Python code, only the artifact folder.
     verifier = verify.start_standby(backend.name, tmp, tmp / "logs" / "verify.log")
     try:
-        return _build(job, cache, tmp, timings, backend, verifier)
+        model, tokenizer, inputs, reference = _reference(job, cache, timings)
+        if prebuilt:
+            _check_prebuilt(job, tmp)
+        else:
+            _compile(job, tmp, timings, backend, model, tokenizer, inputs)
+        return _verify(job, tmp, timings, verifier, inputs, reference)
     finally:
         if verifier.poll() is None:
             verifier.kill()
             verifier.wait()
 
 
-def _build(job: dict, cache: Cache, tmp: Path, timings: dict, backend, verifier) -> dict:
+def _reference(job: dict, cache: Cache, timings: dict):
+    """The eager model, its tokenizer, the example inputs and the CPU fp32 reference outputs
+    (stored per model revision, task, shapes, seed and eager versions; reused across casts)."""
     import torch
 
     spec = job["spec"]
@@ -124,9 +156,8 @@ def _build(job: dict, cache: Cache, tmp: Path, timings: dict, backend, verifier)
 
     torch.manual_seed(job["verify"]["seed"])
     shapes = spec["shapes"]
-    ref_path = verify.reference_path(
-        cache.root, spec, job["verify"]["seed"], job["verify"]["generate_tokens"] if task.decoder else None
-    )
+    seed = job["verify"]["seed"]
+    ref_path = verify.reference_path(cache.root, spec, seed, job["verify"]["generate_tokens"] if task.decoder else None)
     t = time.perf_counter()
     if ref_path.is_file():
         saved = verify.load_tensors(ref_path)
@@ -136,19 +167,11 @@ def _build(job: dict, cache: Cache, tmp: Path, timings: dict, backend, verifier)
     else:
         if task.decoder:
             inputs, reference = verify.decoder_reference(
-                model,
-                shapes["batch_size"],
-                shapes["sequence_length"],
-                job["verify"]["generate_tokens"],
-                job["verify"]["seed"],
+                model, shapes["batch_size"], shapes["sequence_length"], job["verify"]["generate_tokens"], seed
             )
         else:
             inputs = tasks.example_inputs(
-                model.config.to_dict(),
-                shapes["batch_size"],
-                shapes["sequence_length"],
-                job["verify"]["seed"],
-                tokenizer,
+                model.config.to_dict(), shapes["batch_size"], shapes["sequence_length"], seed, tokenizer
             )
             with torch.no_grad():
                 out = model(**inputs, return_dict=True)
@@ -157,22 +180,27 @@ def _build(job: dict, cache: Cache, tmp: Path, timings: dict, backend, verifier)
             {**{f"in.{k}": v for k, v in inputs.items()}, **{f"ref.{k}": v for k, v in reference.items()}}, ref_path
         )
     timings["reference_s"] = round(time.perf_counter() - t, 3)
+    return model, tokenizer, inputs, reference
 
+
+def _compile(job: dict, tmp: Path, timings: dict, backend, model, tokenizer, inputs: dict) -> None:
+    spec = job["spec"]
     t = time.perf_counter()
     try:
         section = backend.compile(model, inputs, spec, tmp)
+    except OSError:
+        raise  # a full disk is not a compile error
     except Exception as e:
         msg = str(e).strip().splitlines()
         raise JobFailed(f"compile failed: {type(e).__name__}: {msg[0] if msg else ''}"[:500]) from e
     timings["compile_s"] = round(time.perf_counter() - t, 3)
-
     config = model.config.to_dict()
     config.update(section)
     config["pipeline"] = {
         "key": job["key"],
         "spec": spec,
         "task": job["task"],
-        "shapes": shapes,
+        "shapes": spec["shapes"],
         "cast_type": spec["cast_type"],
         "backend": backend.name,
         "backend_options": job["backend_options"],
@@ -183,18 +211,34 @@ def _build(job: dict, cache: Cache, tmp: Path, timings: dict, backend, verifier)
     if tokenizer is not None:
         tokenizer.save_pretrained(tmp)
 
-    # Fresh-process verification: only the artifact and its config.json are used.
+
+def _check_prebuilt(job: dict, tmp: Path) -> None:
+    try:
+        meta = json.loads((tmp / "config.json").read_text())["pipeline"]
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise JobFailed(f"fetched artifact has no readable config.json pipeline section ({type(e).__name__})") from e
+    if meta.get("key") != job["key"] or meta.get("task") != job["task"]:
+        raise JobFailed("fetched artifact's config.json names another key or task")
+
+
+def _verify(job: dict, tmp: Path, timings: dict, verifier, inputs: dict, reference: dict) -> dict:
+    """Run the artifact in the FRESH verifying process (only the artifact folder and its
+    config.json are used) on the reference inputs, and gate the outputs."""
+    task = tasks.TASKS[job["task"]]
     t = time.perf_counter()
     work = tmp / ".verify"
-    work.mkdir()
+    work.mkdir(exist_ok=True)
     verify.save_tensors(inputs, work / "inputs.safetensors")
     generate_tokens = reference["generated"].shape[1] - inputs["input_ids"].shape[1] if task.decoder else 0
-    verifier.communicate(
-        json.dumps([str(tmp), str(work / "inputs.safetensors"), str(work / "outputs.safetensors"), generate_tokens])
-        + "\n"
-    )
+    request = [str(tmp), str(work / "inputs.safetensors"), str(work / "outputs.safetensors"), generate_tokens]
+    verifier.communicate(json.dumps(request) + "\n")
     if verifier.returncode != 0:
-        tail = (tmp / "logs" / "verify.log").read_text().strip().splitlines()[-1:] or [""]
+        tail = (tmp / "logs" / "verify.log").read_text(errors="replace").strip().splitlines()[-1:] or [""]
+        if verifier.returncode == -signal.SIGILL:
+            raise JobFailed(
+                "the artifact was built for a CPU feature this machine lacks (SIGILL in the verifying "
+                "process); the key's platform does not match this CPU"
+            )
         raise JobFailed(
             f"compiled artifact failed to load/run in a fresh process (exit {verifier.returncode}): {tail[0][:300]}"
         )
@@ -217,6 +261,69 @@ def _build(job: dict, cache: Cache, tmp: Path, timings: dict, backend, verifier)
     return metrics
 
 
+def _manifest(job: dict, metrics: dict, timings: dict, **extra) -> dict:
+    return {
+        "spec": job["spec"],
+        "metrics": metrics,
+        "timings": timings,
+        "verification": {"status": "passed", "tolerance": job["verify"]["tolerance"], "verified_on": platform.node()},
+        "versions": job["spec"]["toolchain"],
+        "model": job["model"],
+        "task": job["task"],
+        **extra,
+    }
+
+
+def _from_shared(job: dict, cache: Cache, tmp: Path, result: dict) -> Path | None:
+    """The key's entry from the shared cache, verified here unless shared_cache.verify=false,
+    committed to the local cache; None when there is none or it was not usable (why: in notes)."""
+    shared = job.get("shared_cache") or {}
+    source = shared.get("source")
+    if not source:
+        return None
+    refused = shared_cache.untrusted(source, shared.get("trusted_repos") or [])
+    if refused:
+        result["notes"].append(refused)
+        return None
+    manifest, why = shared_cache.download(job["key"], job["spec"], tmp, source)
+    if why:
+        result["notes"].append(why)
+    if manifest is None:
+        _empty(tmp)
+        return None
+    origin = manifest["fetched_from"]["source"]
+    if not shared.get("verify", True):
+        result["notes"].append(f"fetched from {origin}; not re-verified (shared_cache.verify=false)")
+        return cache.commit(
+            job["key"], tmp, dict(manifest, verification=dict(manifest.get("verification") or {}, local="skipped"))
+        )
+    timings = result["timings"]
+    try:
+        metrics = build_artifact(job, cache, tmp, timings, prebuilt=True)
+    except JobFailed as e:
+        result["notes"].append(
+            f"shared cache entry from {origin} failed local re-verification ({e.args[0]}); compiling it here instead"
+        )
+        _empty(tmp)
+        return None
+    result["notes"].append(f"fetched from {origin} and re-verified here against the CPU fp32 reference")
+    result["metrics"] = metrics
+    return cache.commit(
+        job["key"],
+        tmp,
+        _manifest(
+            job, metrics, timings, fetched_from=manifest["fetched_from"], published_metrics=manifest.get("metrics")
+        ),
+    )
+
+
+def _empty(folder: Path) -> None:
+    """Remove everything in a build folder but its logs."""
+    for p in folder.iterdir():
+        if p.name != "logs":
+            shutil.rmtree(p) if p.is_dir() else p.unlink()
+
+
 def run_job(job: dict, warm_start: bool = False) -> dict:
     cache = Cache(job["cache_dir"])
     key = job["key"]
@@ -227,99 +334,56 @@ def run_job(job: dict, warm_start: bool = False) -> dict:
         "metrics": {},
         "timings": {"warm_start": warm_start},
         "artifact": None,
+        "notes": [],
+        "pid": os.getpid(),
     }
     with cache.lock(key):
-        folder, why = cache.lookup(key)
+        folder, why = cache.lookup(key, locked=True)
         if folder is not None:
             return dict(
                 result, status="cached", artifact=str(folder), metrics=(cache.manifest(key) or {}).get("metrics", {})
             )
-        result["notes"] = [why] if why else []
+        result["notes"] += [why] if why else []
         cache.clear_stale_tmp(key)
         tmp = cache.new_tmp(key)
         saved = _redirect_output(tmp / "logs" / "compile.log")
         start = time.perf_counter()
         try:
+            dest = _from_shared(job, cache, tmp, result)
+            if dest is not None:
+                _restore_output(saved)
+                return dict(result, status="fetched", artifact=str(dest))
             metrics = build_artifact(job, cache, tmp, result["timings"])
             result["timings"]["total_s"] = round(time.perf_counter() - start, 3)
             _restore_output(saved)
             saved = None
-            manifest = {
-                "spec": job["spec"],
-                "metrics": metrics,
-                "timings": result["timings"],
-                "verification": {"status": "passed", "tolerance": job["verify"]["tolerance"]},
-                "versions": job["spec"]["toolchain"],
-                "model": job["model"],
-                "task": job["task"],
-            }
-            dest = cache.commit(key, tmp, manifest)
+            dest = cache.commit(key, tmp, _manifest(job, metrics, result["timings"]))
             return dict(result, status="passed", metrics=metrics, artifact=str(dest))
         except Exception as e:
             if saved is not None:
                 traceback.print_exc()
                 _restore_output(saved)
-            error = str(e.args[0]) if isinstance(e, JobFailed) else f"{type(e).__name__}: {e}"
+            error = failure_message(e, job)
             metrics = e.args[1] if isinstance(e, JobFailed) and len(e.args) > 1 else {}
             log = tmp / "logs" / "compile.log"
-            cache.record_failure(
-                key,
-                {
-                    "error": error,
-                    "spec": job["spec"],
-                    "metrics": metrics,
-                    "model": job["model"],
-                    "log_tail": log.read_text()[-4000:] if log.is_file() else "",
-                },
-            )
-            return dict(
-                result,
-                error=error,
-                metrics=metrics,
-                timings=dict(result["timings"], total_s=round(time.perf_counter() - start, 3)),
-            )
+            try:
+                cache.record_failure(
+                    key,
+                    {
+                        "error": error,
+                        "spec": job["spec"],
+                        "metrics": metrics,
+                        "model": job["model"],
+                        "log_tail": log.read_text(errors="replace")[-4000:] if log.is_file() else "",
+                    },
+                )
+            except OSError as record_error:  # a full disk must not hide the job's own error
+                result["notes"].append(f"could not record the failure: {record_error}")
+            timings = dict(result["timings"], total_s=round(time.perf_counter() - start, 3))
+            return dict(result, error=error, metrics=metrics, timings=timings)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
-
-
-def run_worker(
-    job: dict, work: Path, timeout_s: float, standby: subprocess.Popen | None = None, env: dict | None = None
-) -> dict:
-    """One attempt in a fresh process (a standby one when given, else one started with `env`);
-    a transient fault comes back as status 'transient'."""
-    work.mkdir(parents=True, exist_ok=True)
-    job_file, result_file, log_file = work / "job.json", work / "result.json", work / "worker.log"
-    job_file.write_text(json.dumps(job))
-    result_file.unlink(missing_ok=True)
-    with open(log_file, "ab") as log:
-        proc = standby
-        if proc is not None:
-            try:
-                proc.stdin.write(json.dumps([str(job_file), str(result_file)]).encode() + b"\n")
-                proc.stdin.close()
-            except OSError:  # it died while waiting: start this job cold
-                proc = None
-        if proc is None:
-            proc = subprocess.Popen(
-                [sys.executable, "-m", "pipeline.worker", str(job_file), str(result_file)],
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-                env=env,
-            )
-        try:
-            proc.wait(timeout=timeout_s)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-            return {"status": "transient", "error": f"timed out after {timeout_s:.0f} s (timeout_s)"}
-    if result_file.is_file():
-        return json.loads(result_file.read_text())
-    how = (
-        f"killed by signal {-proc.returncode}" if proc.returncode < 0 else f"exited {proc.returncode} without a result"
-    )
-    tail = log_file.read_text(errors="replace").strip().splitlines()[-1:] if log_file.is_file() else []
-    return {"status": "transient", "error": f"worker {how}" + (f": {tail[0][:300]}" if tail else "")}
+            shutil.rmtree(tmp.parent / f"{tmp.name}.download", ignore_errors=True)
 
 
 def _standby(backend: str) -> tuple[str, str] | None:
@@ -335,7 +399,16 @@ def _standby(backend: str) -> tuple[str, str] | None:
     return job_file, result_file
 
 
+def _limit_memory(limit_gb: float | None) -> None:
+    """executor.memory_limit_gb: cap this process's address space (its compiler children inherit
+    the cap); an allocation past it fails and the job's row says "out of memory"."""
+    if limit_gb:
+        limit = int(limit_gb * 1024**3)
+        resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+
+
 def main(argv: list[str]) -> int:
+    watch_parent()
     warm = argv[0] == "--standby"
     if warm:
         handed = _standby(argv[1])
@@ -343,6 +416,7 @@ def main(argv: list[str]) -> int:
             return 0
         argv = list(handed)
     job = json.loads(Path(argv[0]).read_text())
+    _limit_memory(job.get("memory_limit_gb"))
     result = run_job(job, warm)
     out = Path(argv[1])
     tmp = out.with_name(out.name + ".tmp")

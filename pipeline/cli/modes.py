@@ -15,7 +15,7 @@ from pipeline.cli.run import run
 from pipeline.merge import MergeError, merge_reports
 from pipeline.model_entries import RevisionError
 from pipeline.plan import combinations, plan, write_plan
-from pipeline.report import new_run_dir
+from pipeline.report import mark_latest, new_run_dir
 from pipeline.validate import ConfigError, validate
 
 NEEDS_NO_VALIDATION = ("gc", "explain", "merge")  # modes that read the cache or reports, not the matrix
@@ -89,7 +89,12 @@ def plan_mode(resolved) -> int:
     console.print(", ".join(f"{v} {k}" for k, v in sorted(counts.items())) or "nothing to do")
     print_advice(resolved.cfg, jobs)
     run_dir = new_run_dir(resolved.cfg["report"]["dir"])
-    write_plan(jobs, run_dir / "plan.json")
+    try:
+        write_plan(jobs, run_dir / "plan.json")
+    except OSError as e:
+        err.print(f"[bold red]could not write[/] {run_dir / 'plan.json'}: {escape(str(e))}", soft_wrap=True)
+        return 3
+    mark_latest(run_dir)
     console.print(f"plan written to {run_dir / 'plan.json'}")
     return 0
 
@@ -169,8 +174,11 @@ def merge_mode(cfg: dict) -> int:
     """Merge CI shards' reports (runs=DIR1,DIR2,...) into one report under report.dir."""
     runs = [r.strip() for r in str(cfg.get("runs") or "").split(",") if r.strip()]
     if not runs:
-        err.print("mode=merge needs \"runs='DIR1,DIR2,...'\" (the shards' run folders, each with a report.json; "
-                  "the quotes keep Hydra from reading the commas as a sweep)", markup=False)
+        err.print(
+            "mode=merge needs \"runs='DIR1,DIR2,...'\" (the shards' run folders, each with a report.json; "
+            "the quotes keep Hydra from reading the commas as a sweep)",
+            markup=False,
+        )
         return 2
     out = new_run_dir(cfg["report"]["dir"])
     try:

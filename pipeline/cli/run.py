@@ -2,18 +2,21 @@
 
 from __future__ import annotations
 
+import os
+import signal
 import threading
 import time
+import traceback
 
 from rich.live import Live
 from rich.table import Table
 
 from pipeline import keys
-from pipeline.cli.console import console, print_advice, print_lines
-from pipeline.executors import local
+from pipeline.cli.console import console, err, print_advice, print_lines
+from pipeline.executors.local import LocalExecutor, row_for
 from pipeline.plan import describe, write_plan
 from pipeline.publish import publish_rows
-from pipeline.report import STATUS_STYLE, new_run_dir, summary_table, write_reports
+from pipeline.report import STATUS_STYLE, new_run_dir, summary_counts, summary_table, write_reports
 
 
 class Progress:
@@ -65,27 +68,90 @@ class Progress:
             self.live.update(self.render())
 
 
+EXIT_SIGNAL = {signal.SIGINT: 130, signal.SIGTERM: 143}
+EXIT_INTERNAL = 3
+
+
+class Interrupts:
+    """SIGINT / SIGTERM during a run: the first stops it (children killed, report still written,
+    exit 130 / 143); a second Ctrl-C ends the process at once (children killed first)."""
+
+    def __init__(self, executor: LocalExecutor):
+        self.executor = executor
+        self.signum: int | None = None
+        self.saved: dict[int, object] = {}
+
+    def __enter__(self) -> "Interrupts":
+        if threading.current_thread() is threading.main_thread():
+            for signum in EXIT_SIGNAL:
+                self.saved[signum] = signal.signal(signum, self._handle)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for signum, handler in self.saved.items():
+            signal.signal(signum, handler)
+
+    def _handle(self, signum: int, frame) -> None:
+        if self.signum is not None:  # the second signal: no more waiting
+            self.executor.children.kill_all()
+            os._exit(EXIT_SIGNAL.get(signum, 130))
+        self.signum = signum
+        self.executor.stop(f"the run was interrupted ({signal.Signals(signum).name})")
+
+
 def run(resolved, jobs: list[dict]) -> int:
+    """Execute the plan, publish, write the reports; the exit code. The reports are written
+    whatever happens: a signal (exit 130 / 143), an internal error (exit 3)."""
     cfg = resolved.cfg
     run_dir = new_run_dir(cfg["report"]["dir"])
-    write_plan(jobs, run_dir / "plan.json")
+    try:
+        write_plan(jobs, run_dir / "plan.json")
+    except OSError as e:
+        err.print(f"[bold red]could not write[/] {run_dir / 'plan.json'}: {e}; nothing was run", markup=False)
+        return EXIT_INTERNAL
     print_advice(cfg, jobs)
     progress = Progress(jobs)
-    if progress.live is not None:
-        with progress.live:
-            rows = local.execute(jobs, cfg, run_dir, progress.start, progress.done)
-    else:
-        rows = local.execute(jobs, cfg, run_dir, progress.start, progress.done)
-    if cfg["publish"]["name"] != "none":
-        print_lines(publish_rows(rows, jobs, cfg))
-    report = write_reports(run_dir, run_dir.name, cfg, rows)
-    console.print(summary_table(rows))
+    executor = LocalExecutor(cfg, run_dir)
+    rows: list[dict | None] = [None] * len(jobs)
+    internal = None
+
+    def done(i: int, row: dict) -> None:
+        rows[i] = row
+        progress.done(i, row)
+
+    with Interrupts(executor) as interrupts:
+        try:
+            if progress.live is not None:
+                with progress.live:
+                    executor.execute(jobs, progress.start, done)
+            else:
+                executor.execute(jobs, progress.start, done)
+            if cfg["publish"]["name"] != "none" and not executor.interrupted:
+                print_lines(publish_rows([r for r in rows if r is not None], jobs, cfg))
+        except Exception as e:  # our bug, or the machine's: still a report, and its own exit code
+            internal = f"internal error: {type(e).__name__}: {e}"
+            executor.stop(internal)
+            err.print(traceback.format_exc(), markup=False)
+        final = [
+            r if r is not None else row_for(j, status="skipped", error=f"not run: {executor.stopped or internal}")
+            for r, j in zip(rows, jobs)
+        ]
+        try:
+            report = write_reports(run_dir, run_dir.name, cfg, final, extra={"stopped": executor.stopped})
+        except OSError as e:
+            err.print(f"[bold red]could not write the reports[/] in {run_dir}: {e}", soft_wrap=True)
+            return EXIT_INTERNAL
+    console.print(summary_table(final))
     s = report["summary"]
-    console.print(
-        f"{s['jobs']} jobs: "
-        + ", ".join(
-            f"{s.get(k, 0)} {k}" for k in ("passed", "cached", "failed", "failed-to-publish", "skipped") if s.get(k)
+    console.print(summary_counts(s) + f"; reports in {run_dir}", markup=False)
+    if interrupts.signum is not None:
+        err.print(
+            f"stopped by {signal.Signals(interrupts.signum).name}: running jobs interrupted, the rest skipped; "
+            "a rerun reuses every finished entry",
+            markup=False,
         )
-        + f"; reports in {run_dir}"
-    )
+        return EXIT_SIGNAL[interrupts.signum]
+    if internal:
+        err.print(internal, markup=False)
+        return EXIT_INTERNAL
     return 0 if s["ok"] else 1

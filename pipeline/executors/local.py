@@ -3,28 +3,29 @@
 
 Cache hits are answered here without starting a process. While a job compiles, the next job's
 process is already started (`Standby`): it imports torch and transformers and then waits for
-exactly one job, so a job's process does not start cold. One retry for transient faults (the
-worker was killed or timed out); none for deterministic ones (export error, gate failure).
+exactly one job, so a job's process does not start cold. One retry for a worker that died
+(killed, crashed); none for a timeout or a deterministic failure (export error, gate failure,
+out of memory, full disk). `stop(reason)` (Ctrl-C, SIGTERM, fail_fast) kills every child
+process group at once: running jobs end `interrupted`, queued ones `skipped`. Any exception in
+a job's thread becomes that job's row; it never loses the others.
 """
 
 from __future__ import annotations
 
-import os
-import signal
-import subprocess
-import sys
 import threading
 import time
+import traceback
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Callable
 
 from pipeline.cache import Cache
-from pipeline.obtain import find
-from pipeline.worker import run_worker
+from pipeline.executors.processes import Children, Standby, run_worker
+from pipeline.obtain import find, worker_payload
 
 
-def _row(job: dict, **kw) -> dict:
+def row_for(job: dict, **kw) -> dict:
+    """A report row for a job (status failed until said otherwise)."""
     base = {
         "key": job["key"],
         "model": job["model"]["name"],
@@ -44,112 +45,125 @@ def _row(job: dict, **kw) -> dict:
     return base
 
 
-class Standby:
-    """Worker processes started ahead of need (`python -m pipeline.worker --standby`), each for
-    one job. `take()` hands out a ready one (or None) and starts its replacement while jobs are
-    still to come; `close()` ends the unused ones (EOF on stdin, then kill)."""
+class LocalExecutor:
+    """Runs a plan's jobs on this machine; `stop()` may be called from a signal handler."""
 
-    def __init__(self, size: int, run_dir: Path, backend: str, env: dict):
-        self.size, self.run_dir, self.backend, self.env = size, run_dir, backend, env
-        self.ready: list[subprocess.Popen] = []
+    def __init__(self, cfg: dict, run_dir: Path):
+        self.cfg, self.run_dir = cfg, run_dir
+        self.cache = Cache(cfg["cache"]["dir"])
+        self.children = Children()
+        self.stopped: str | None = None  # why the run was stopped (None: it was not)
+        self.interrupted = False  # stopped by a signal: running jobs are interrupted, not failed
         self.lock = threading.Lock()
 
-    def _start(self) -> subprocess.Popen:
-        logs = self.run_dir / "jobs"
-        logs.mkdir(parents=True, exist_ok=True)
-        with open(logs / f"standby-{len(os.listdir(logs))}.log", "ab") as log:
-            return subprocess.Popen(
-                [sys.executable, "-m", "pipeline.worker", "--standby", self.backend],
-                stdin=subprocess.PIPE,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-                env=self.env,
-            )
-
-    def take(self, more_to_come: bool) -> subprocess.Popen | None:
+    def stop(self, reason: str, interrupt: bool = True) -> None:
+        """No new job starts; with `interrupt`, running ones are killed (their whole groups)."""
         with self.lock:
-            live = [p for p in self.ready if p.poll() is None]
-            proc = live.pop(0) if live else None
-            self.ready = live
-            while more_to_come and len(self.ready) < self.size:
-                self.ready.append(self._start())
-            return proc
+            if self.stopped is None:
+                self.stopped = reason
+            self.interrupted = self.interrupted or interrupt
+        if interrupt:
+            self.children.kill_all()
 
-    def close(self) -> None:
-        with self.lock:
-            for proc in self.ready:
-                try:
-                    proc.stdin.close()
-                    proc.wait(timeout=5)
-                except (OSError, subprocess.TimeoutExpired):
-                    os.killpg(proc.pid, signal.SIGKILL)
-                    proc.wait()
-            self.ready = []
+    def execute(self, jobs: list[dict], on_start: Callable, on_done: Callable) -> list[dict]:
+        cfg = self.cfg
+        rows: list[dict | None] = [None] * len(jobs)
+        workers = int(cfg["executor"]["workers"])
+        env = self.cache.inductor_env()  # every worker's, standby ones included (they import torch._inductor early)
+        size = workers if cfg["executor"].get("standby", True) else 0
+        standby = Standby(size, self.run_dir, cfg["backend"]["name"], env, self.children)
 
-
-def execute(jobs: list[dict], cfg: dict, run_dir: Path, on_start: Callable, on_done: Callable) -> list[dict]:
-    cache = Cache(cfg["cache"]["dir"])
-    stop = threading.Event()
-    rows: list[dict | None] = [None] * len(jobs)
-    workers = int(cfg["executor"]["workers"])
-    env = cache.inductor_env()  # every worker's, standby ones included (they import torch._inductor early)
-    standby = Standby(workers if cfg["executor"].get("standby", True) else 0, run_dir, cfg["backend"]["name"], env)
-
-    def one(i: int, job: dict) -> None:
-        if stop.is_set():
-            rows[i] = _row(job, status="skipped", error="not run: fail_fast stopped the run after a failure")
+        def one(i: int, job: dict) -> None:
+            try:
+                rows[i] = self._one(i, job, jobs, env, standby, on_start)
+            except Exception as e:  # an internal error in one job's thread is that job's row, never the run's end
+                rows[i] = row_for(
+                    job, error=f"internal error: {type(e).__name__}: {e}", notes=[traceback.format_exc(limit=3)[-1500:]]
+                )
             on_done(i, rows[i])
-            return
-        found = find(job, cache, cfg["publish"])  # local cache, then the shared cache; re-gated
+
+        try:
+            with ThreadPoolExecutor(max_workers=workers) as pool:
+                futures = [pool.submit(one, i, job) for i, job in enumerate(jobs)]
+                for future in futures:
+                    future.result()
+        finally:
+            standby.close()
+        return rows  # type: ignore[return-value]
+
+    def _one(self, i: int, job: dict, jobs: list[dict], env: dict, standby: Standby, on_start: Callable) -> dict:
+        cfg, cache = self.cfg, self.cache
+        if self.stopped:
+            return row_for(job, status="skipped", error=f"not run: {self.stopped}")
+        found = find(job, cache)  # the local cache, re-gated against today's tolerances
         if found.folder is not None:
-            broken = found.broken
-            rows[i] = _row(
+            if found.broken and cfg["fail_fast"]:
+                self.stop("fail_fast stopped the run after a failure", interrupt=False)
+            return row_for(
                 job,
-                status="failed" if broken else "cached",
+                status="failed" if found.broken else "cached",
                 artifact=str(found.folder),
                 metrics=found.metrics,
-                error=broken,
+                error=found.broken,
                 notes=found.notes,
             )
-            if broken and cfg["fail_fast"]:
-                stop.set()
-            on_done(i, rows[i])
-            return
         failed = cache.failure(job["key"])
         if failed and not cfg["retry_failed"]:
-            rows[i] = _row(job, status="failed", error=f"failed before (retry_failed=false): {failed.get('error')}")
-            on_done(i, rows[i])
-            return
+            return row_for(job, error=f"failed before (retry_failed=false): {failed.get('error')}")
         on_start(i, job)
-        payload = dict(job, cache_dir=str(cache.root.resolve()))
+        payload = worker_payload(
+            job, cache, cfg["publish"], cfg.get("shared_cache"), cfg["executor"].get("memory_limit_gb")
+        )
         start = time.perf_counter()
+        attempt, result = 0, {"status": "transient", "error": "not started"}
         for attempt in (1, 2):
-            more = i + 1 < len(jobs) and not stop.is_set()  # later jobs may need a process: start one now
-            result = run_worker(payload, run_dir / "jobs" / job["key"][:12], job["timeout_s"], standby.take(more), env)
+            if self.stopped and self.interrupted:
+                break
+            more = i + 1 < len(jobs) and not self.stopped  # later jobs may need a process: start one now
+            result = run_worker(
+                payload,
+                self.run_dir / "jobs" / job["key"][:12],
+                job["timeout_s"],
+                standby.take(more),
+                env,
+                self.children,
+            )
             if result["status"] != "transient":
                 break
-        status = "failed" if result["status"] == "transient" else result["status"]
-        rows[i] = _row(
+        timings = dict(result.get("timings", {}), wall_s=round(time.perf_counter() - start, 3))
+        notes = [n for n in [*found.notes, *result.get("notes", [])] if n]
+        if self.stopped and self.interrupted and result["status"] in ("transient", "timeout"):
+            cache.clear_stale_tmp_locked(job["key"])
+            return row_for(
+                job,
+                status="interrupted",
+                error=f"interrupted: {self.stopped}",
+                timings=timings,
+                attempts=attempt,
+                notes=notes,
+            )
+        status = {"passed": "passed", "cached": "cached", "fetched": "cached"}.get(result["status"], "failed")
+        row = row_for(
             job,
             status=status,
             error=result.get("error"),
             metrics=result.get("metrics", {}),
-            timings=dict(result.get("timings", {}), wall_s=round(time.perf_counter() - start, 3)),
+            timings=timings,
             artifact=result.get("artifact"),
             attempts=attempt,
-            notes=[n for n in [*found.notes, *result.get("notes", [])] if n],
+            notes=notes,
+            pid=result.get("pid"),
         )
-        if status == "failed" and result["status"] == "transient":
-            cache.record_failure(job["key"], {"error": rows[i]["error"], "spec": job["spec"], "transient": True})
+        if result["status"] in ("transient", "timeout"):
+            try:
+                cache.record_failure(job["key"], {"error": row["error"], "spec": job["spec"], "transient": True})
+            except OSError as e:
+                row["notes"].append(f"could not record the failure: {e}")
         if status == "failed" and cfg["fail_fast"]:
-            stop.set()
-        on_done(i, rows[i])
+            self.stop("fail_fast stopped the run after a failure", interrupt=False)
+        return row
 
-    try:
-        with ThreadPoolExecutor(max_workers=workers) as pool:
-            for future in [pool.submit(one, i, job) for i, job in enumerate(jobs)]:
-                future.result()
-    finally:
-        standby.close()
-    return rows  # type: ignore[return-value]
+
+def execute(jobs: list[dict], cfg: dict, run_dir: Path, on_start: Callable, on_done: Callable) -> list[dict]:
+    """Run `jobs` here (a convenience over LocalExecutor for callers that need no stop())."""
+    return LocalExecutor(cfg, run_dir).execute(jobs, on_start, on_done)
