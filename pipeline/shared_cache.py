@@ -56,6 +56,8 @@ def platform_tag(spec: dict) -> str:
         hw = str(hw).split()[0] if hw else "unknown"  # "sm_90 NVIDIA H100" -> "sm_90"
         torch_version = str(tc.get("torch", "unknown")).split("+")[0]
         parts = [backend, device, plat.get("arch") or "unknown", hw, f"torch{torch_version}"]
+        if plat.get("isa_flags"):  # built with ISA-specific kernels: only machines with these flags
+            parts.append("isa_" + ".".join(plat["isa_flags"]))
     return "-".join(clean_name(p) for p in parts)
 
 

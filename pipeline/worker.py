@@ -98,23 +98,24 @@ def _tokenizer(path: str, revision: str | None, local: bool):
         ) from e
 
 
+OUT_OF_MEMORY = ("can't allocate memory", "Cannot allocate memory", "bad_alloc", "out of memory")
+
+
+def out_of_memory(e: BaseException) -> bool:
+    return isinstance(e, MemoryError) or any(s in f"{type(e).__name__}: {e}" for s in OUT_OF_MEMORY)
+
+
 def failure_message(e: BaseException, job: dict) -> str:
     """One line naming what went wrong, with the faults a user acts on named plainly."""
     if isinstance(e, JobFailed):
         return str(e.args[0])
     if isinstance(e, OSError) and e.errno == errno.ENOSPC:
         return f"no space left on device ({e.filename or 'writing the cache'}); free space or move cache.dir"
-    text = f"{type(e).__name__}: {e}"
-    if isinstance(e, MemoryError) or any(
-        s in text for s in ("can't allocate memory", "Cannot allocate memory", "bad_alloc")
-    ):
+    text = f"{type(e).__name__}: {e}".strip()
+    if out_of_memory(e):
         limit = job.get("memory_limit_gb")
-        return (
-            "out of memory"
-            + (f" (executor.memory_limit_gb={limit})" if limit else "")
-            + f": {text.splitlines()[0][:300]}"
-        )
-    return text.splitlines()[0][:500] if text else type(e).__name__
+        return "out of memory" + (f" (executor.memory_limit_gb={limit})" if limit else "") + f": {text[:300]}"
+    return text.splitlines()[0][:500]
 
 
 def build_artifact(job: dict, cache: Cache, tmp: Path, timings: dict, prebuilt: bool = False) -> dict:
@@ -188,9 +189,9 @@ def _compile(job: dict, tmp: Path, timings: dict, backend, model, tokenizer, inp
     t = time.perf_counter()
     try:
         section = backend.compile(model, inputs, spec, tmp)
-    except OSError:
-        raise  # a full disk is not a compile error
     except Exception as e:
+        if isinstance(e, OSError) or out_of_memory(e):
+            raise  # a full disk or exhausted memory is not a compile error
         msg = str(e).strip().splitlines()
         raise JobFailed(f"compile failed: {type(e).__name__}: {msg[0] if msg else ''}"[:500]) from e
     timings["compile_s"] = round(time.perf_counter() - t, 3)
@@ -386,11 +387,15 @@ def run_job(job: dict, warm_start: bool = False) -> dict:
             shutil.rmtree(tmp.parent / f"{tmp.name}.download", ignore_errors=True)
 
 
-def _standby(backend: str) -> tuple[str, str] | None:
-    """Import what every job needs, then wait for one job on stdin (None on EOF: not needed)."""
+def _standby_imports(backend: str) -> None:
     import transformers.modeling_utils  # noqa: F401  (every job loads an eager model)
 
     get_backend(backend).warm_up()
+
+
+def _standby(backend: str) -> tuple[str, str] | None:
+    """Import what every job needs, then wait for one job on stdin (None on EOF: not needed)."""
+    _standby_imports(backend)
     line = sys.stdin.readline()
     if not line.strip():
         return None
@@ -416,6 +421,8 @@ def main(argv: list[str]) -> int:
             return 0
         argv = list(handed)
     job = json.loads(Path(argv[0]).read_text())
+    if job.get("memory_limit_gb") and not warm:
+        _standby_imports(job["backend"])  # imports first: the cap is for the job's own work
     _limit_memory(job.get("memory_limit_gb"))
     result = run_job(job, warm)
     out = Path(argv[1])

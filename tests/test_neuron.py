@@ -1,4 +1,5 @@
-"""The neuron backend: flag translation, keys, validation, config.json section, availability.
+"""The neuron backend: flag translation, keys, validation, config.json section, availability,
+and the decoder runtimes (DecoderRuntime over the SDK models' forward step).
 
 Everything above the SDK section runs on any machine. The SDK section compiles and runs real
 models with torch-neuronx / optimum-neuron; it is skipped where the AWS Neuron SDK is absent
@@ -6,6 +7,7 @@ models with torch-neuronx / optimum-neuron; it is skipped where the AWS Neuron S
 """
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import itertools
 import json
@@ -14,10 +16,12 @@ import sys
 
 import pytest
 
-from pipeline import keys
-from pipeline.backends.base import BackendUnavailable
+from pipeline import keys, verify
 from pipeline.backends import neuron
-from pipeline.backends.neuron import NeuronBackend, Options
+from pipeline.backends.base import BackendUnavailable, DecoderRuntime
+from pipeline.backends.neuron import NeuronBackend, Options, rules
+from pipeline.backends.neuron import decoder as neuron_decoder
+from pipeline.generation import StaticShapeError, generate
 
 HAS_SDK = importlib.util.find_spec("torch_neuronx") is not None
 needs_sdk = pytest.mark.skipif(
@@ -69,21 +73,27 @@ def test_options_defaults():
 def test_options_every_field_documented():
     import inspect as _inspect
     src = _inspect.getsource(Options)
-    for name in neuron.OPTION_FIELDS:
-        line = next(l for l in src.splitlines() if l.strip().startswith(f"{name}:"))
+    for name in rules.OPTION_FIELDS:
+        line = next(line for line in src.splitlines() if line.strip().startswith(f"{name}:"))
         assert "#" in line, f"{name} has no one-line doc"
 
 
 @pytest.mark.parametrize("options,expected", [
     ({"target": "inf1"}, "backend.target: 'inf1' is not a Neuron target; use one of inf2, trn1, trn1n, trn2"),
     ({"optlevel": 4}, "backend.optlevel: 4 is not a neuronx-cc optlevel; use 1, 2 or 3"),
-    ({"model_type": "encoder"}, "backend.model_type: 'encoder' is not a neuronx-cc --model-type; use one of generic, transformer, unet-inference"),
-    ({"compiler_args": "--verbose info"}, "backend.compiler_args: must be a list of strings (one neuronx-cc flag or value per item)"),
-    ({"decoder_engine": "vllm"}, "backend.decoder_engine: 'vllm' is not a decoder engine; use one of nxdi, transformers-neuronx"),
+    ({"model_type": "encoder"}, "backend.model_type: 'encoder' is not a neuronx-cc --model-type; "
+                                "use one of generic, transformer, unet-inference"),
+    ({"compiler_args": "--verbose info"},
+     "backend.compiler_args: must be a list of strings (one neuronx-cc flag or value per item)"),
+    ({"decoder_engine": "vllm"},
+     "backend.decoder_engine: 'vllm' is not a decoder engine; use one of nxdi, transformers-neuronx"),
     ({"num_cores": 0}, "backend.num_cores: 0 must be an integer >= 1"),
-    ({"num_cores": 25, "target": "inf2"}, "backend.num_cores: 25 NeuronCores is more than the largest inf2 instance has (24)"),
-    ({"num_cores": 33, "target": "trn1"}, "backend.num_cores: 33 NeuronCores is more than the largest trn1 instance has (32)"),
-    ({"num_cores": 65, "target": "trn2"}, "backend.num_cores: 65 NeuronCores is more than the largest trn2 instance has (64)"),
+    ({"num_cores": 25, "target": "inf2"},
+     "backend.num_cores: 25 NeuronCores is more than the largest inf2 instance has (24)"),
+    ({"num_cores": 33, "target": "trn1"},
+     "backend.num_cores: 33 NeuronCores is more than the largest trn1 instance has (32)"),
+    ({"num_cores": 65, "target": "trn2"},
+     "backend.num_cores: 65 NeuronCores is more than the largest trn2 instance has (64)"),
     ({"cores": 2}, "backend.cores: unknown neuron option"),
 ])
 def test_option_errors(options, expected):
@@ -93,11 +103,13 @@ def test_option_errors(options, expected):
 
 def test_num_cores_limits_per_target_are_valid():
     for target, n in [("inf2", 24), ("trn1", 32), ("trn1n", 32), ("trn2", 64)]:
+        options = {"target": target, "num_cores": n}
         assert NeuronBackend({}).validate(
-            {**make_spec(target=target), "backend": {"name": "neuron", "options": {"target": target, "num_cores": n}}}) == []
+            {**make_spec(target=target), "backend": {"name": "neuron", "options": options}}) == []
     # trn2 with LNC=1 exposes twice the (smaller) cores
     opts = {"target": "trn2", "num_cores": 128, "compiler_args": ["--logical-nc-config", "1"]}
-    assert NeuronBackend({}).validate({**make_spec(target="trn2"), "backend": {"name": "neuron", "options": opts}}) == []
+    spec = {**make_spec(target="trn2"), "backend": {"name": "neuron", "options": opts}}
+    assert NeuronBackend({}).validate(spec) == []
 
 
 # ---------------------------------------------------------------- compiler argument table
@@ -128,22 +140,22 @@ def test_compiler_args_table(auto_cast, cast_type, target, optlevel):
     cast = CAST_FLAGS[(cast_type, auto_cast)]
     if cast is None:
         with pytest.raises(ValueError):
-            neuron.compiler_args(spec)
+            rules.compiler_args(spec)
         return
-    assert neuron.compiler_args(spec) == cast + ["--optlevel", str(optlevel), "--target", TARGET_FLAG[target],
+    assert rules.compiler_args(spec) == cast + ["--optlevel", str(optlevel), "--target", TARGET_FLAG[target],
                                                  "--model-type", "transformer"]
 
 
 def test_compiler_args_extra_flags_last_and_model_type():
     spec = make_spec(cast_type="bf16", auto_cast="matmul", model_type="generic",
                      compiler_args=["--auto-cast-type", "fp16", "--verbose", "info"])
-    assert neuron.compiler_args(spec) == [
+    assert rules.compiler_args(spec) == [
         "--auto-cast", "matmult", "--auto-cast-type", "bf16", "--optlevel", "2", "--target", "trn1",
         "--model-type", "generic", "--auto-cast-type", "fp16", "--verbose", "info"]
 
 
 def test_compiler_args_cast_aliases():
-    assert neuron.compiler_args(make_spec(cast_type="bfloat16", auto_cast="all"))[:4] == \
+    assert rules.compiler_args(make_spec(cast_type="bfloat16", auto_cast="all"))[:4] == \
         ["--auto-cast", "all", "--auto-cast-type", "bf16"]
 
 
@@ -151,13 +163,13 @@ def test_compiler_args_without_toolchain_target_uses_option():
     spec = make_spec()
     del spec["toolchain"]["target"]
     spec["backend"]["options"]["target"] = "trn2"
-    assert neuron.compiler_args(spec)[4:6] == ["--target", "trn2"]
+    assert rules.compiler_args(spec)[4:6] == ["--target", "trn2"]
 
 
 # ---------------------------------------------------------------- keys
 
 def test_key_options_leave_out_family_and_cpu_backend():
-    ko = neuron.key_options({"target": "trn1n", "cpu_backend": True})
+    ko = rules.key_options({"target": "trn1n", "cpu_backend": True})
     assert "target" not in ko and "cpu_backend" not in ko
     assert ko == {"optlevel": 2, "num_cores": 1, "model_type": "transformer", "compiler_args": [],
                   "inline_weights_to_neff": True, "decoder_engine": "nxdi"}
@@ -210,7 +222,7 @@ def _errors(**kw):
     spec = make_spec(**kw)
     if model_config is not None:
         spec["model"]["config"] = model_config
-    options = {k: v for k, v in kw.items() if k in neuron.OPTION_FIELDS}
+    options = {k: v for k, v in kw.items() if k in rules.OPTION_FIELDS}
     return NeuronBackend(options).validate(spec)
 
 
@@ -328,7 +340,7 @@ def test_spec_without_target_takes_the_toolchain_generation():
     spec = make_spec(target="trn2", task="text-generation", cast_type="bf16", auto_cast="matmul", num_cores=8,
                      sequence_length=4096)
     spec["model"]["config"] = LLAMA_70B
-    rebuilt = NeuronBackend({**neuron.dataclasses.asdict(Options()), **spec["backend"]["options"]})
+    rebuilt = NeuronBackend({**dataclasses.asdict(Options()), **spec["backend"]["options"]})
     assert rebuilt.validate(spec) == []  # 24 GiB trn2 cores: 8 suffice (16 GiB inf2 cores would not)
 
 
@@ -356,12 +368,12 @@ def test_parameter_estimate_close_to_real_count(family):
         task = "text-generation"
     config = json.loads(model.config.to_json_string())
     real = sum(p.numel() for p in model.parameters())
-    estimate = neuron.estimate_parameters(config, task)
+    estimate = rules.estimate_parameters(config, task)
     assert abs(estimate - real) / real < 0.05, (estimate, real)
 
 
 def test_parameter_estimate_needs_sizes():
-    assert neuron.estimate_parameters({"model_type": "bert"}) is None
+    assert rules.estimate_parameters({"model_type": "bert"}) is None
 
 
 # ---------------------------------------------------------------- config.json "neuron" section
@@ -370,7 +382,7 @@ def test_neuron_config_section_encoder():
     spec = make_spec(cast_type="bf16", auto_cast="matmul", batch_size=4, sequence_length=64,
                      dynamic_batch_size=True, target="trn1n", optlevel=3)
     spec["model"]["config"] = {"model_type": "bert"}
-    section = neuron.neuron_config_section(spec, "2.21.33363.0+82de4a2c",
+    section = rules.neuron_config_section(spec, "2.21.33363.0+82de4a2c",
                                            input_names=["input_ids", "attention_mask"],
                                            output_names=["last_hidden_state", "pooler_output"])
     assert section == {
@@ -391,7 +403,7 @@ def test_neuron_config_section_encoder():
 
 
 def test_neuron_config_section_fp32_has_no_auto_cast():
-    section = neuron.neuron_config_section(make_spec(cast_type="fp32", auto_cast="matmul"), "2.21")
+    section = rules.neuron_config_section(make_spec(cast_type="fp32", auto_cast="matmul"), "2.21")
     assert section["auto_cast"] is None and section["auto_cast_type"] is None
     assert section["compiler_args"][:2] == ["--auto-cast", "none"]
 
@@ -399,7 +411,7 @@ def test_neuron_config_section_fp32_has_no_auto_cast():
 def test_neuron_config_section_decoder():
     spec = make_spec(task="text-generation", cast_type="bf16", auto_cast="matmul", num_cores=8,
                      sequence_length=4096, target="trn2")
-    section = neuron.neuron_config_section(spec, "2.21", model_type="llama")
+    section = rules.neuron_config_section(spec, "2.21", model_type="llama")
     assert section["tensor_parallel_size"] == 8
     assert section["float_dtype"] == "bf16"
     assert section["instance_type"] == "trn2"
@@ -431,16 +443,16 @@ def test_compile_refuses_without_sdk(tmp_path):
     assert not (tmp_path / "model.pt").exists()
 
 
-@pytest.mark.skipif(neuron.neuron_device_present(), reason="a Neuron device is present")
+@pytest.mark.skipif(rules.neuron_device_present(), reason="a Neuron device is present")
 def test_load_refuses_without_device(tmp_path):
     with pytest.raises(BackendUnavailable, match="no Neuron device here"):
         NeuronBackend({}).load(tmp_path, {"neuron": {"task": "feature-extraction"}})
 
 
 def test_runtime_env():
-    assert neuron.runtime_env(2) == {"NEURON_RT_NUM_CORES": "2"}
-    assert neuron.runtime_env(2, first_core=4) == {"NEURON_RT_VISIBLE_CORES": "4-5"}
-    assert neuron.runtime_env(1, first_core=3) == {"NEURON_RT_VISIBLE_CORES": "3"}
+    assert rules.runtime_env(2) == {"NEURON_RT_NUM_CORES": "2"}
+    assert rules.runtime_env(2, first_core=4) == {"NEURON_RT_VISIBLE_CORES": "4-5"}
+    assert rules.runtime_env(1, first_core=3) == {"NEURON_RT_VISIBLE_CORES": "3"}
 
 
 def test_input_order_outputs_and_runner_on_cpu_trace():
@@ -468,6 +480,210 @@ def test_input_order_outputs_and_runner_on_cpu_trace():
     torch.testing.assert_close(got["last_hidden_state"], eager.last_hidden_state)
     with pytest.raises(ValueError, match=r"missing \['token_type_ids'\]"):
         runner(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"])
+
+
+# ---------------------------------------------------------------- decoder runtimes (no SDK)
+#
+# The neuron decoder runtimes wrap the SDK model's forward step. Without the SDK, the compiled
+# model is replaced by the one unavoidable stand-in (see `NxDStandIn` / `TnxStandIn`): a tiny
+# random transformers LlamaForCausalLM behind exactly the forward signature each engine has,
+# keeping its own KV cache. Everything above the SDK model is the real code: the runtime,
+# pipeline.generation.generate() and pipeline.verify's run_decoder / decoder_metrics / gate,
+# the same path the inductor decoder is verified through. No Neuron result is produced here.
+
+# initializer_range 0.2 (not transformers' 0.02): at 0.02 the tiny model's attention is nearly
+# uniform and a decode step fed the wrong position still gave the same greedy tokens (tried);
+# at 0.2 that mistake fails the greedy tests.
+TINY_DECODER = dict(vocab_size=1000, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                    intermediate_size=64, max_position_embeddings=128, initializer_range=0.2)
+FP32_TOLERANCE = {"atol": 1e-4, "rtol": 1e-4, "min_argmax_agreement": 1.0, "min_token_agreement": 1.0}
+
+
+def _tiny_decoder(seed=0):
+    import torch
+    import transformers
+    torch.manual_seed(seed)
+    return transformers.LlamaForCausalLM(transformers.LlamaConfig(**TINY_DECODER)).eval()
+
+
+class NxDStandIn:
+    """Stand-in for optimum-neuron's compiled NeuronModelForCausalLM (NxD backend), the one
+    thing these tests cannot have without the SDK and a Neuron device.
+
+    It exposes exactly the forward step `NxDDecoderRuntime` is written against
+    (optimum/neuron/models/inference/backend/modules/decoder/modeling_decoder.py,
+    `NxDModelForCausalLM.forward(input_ids, position_ids, seq_ids=None, attention_mask=None,
+    sampling_params=None, output_attentions=None, output_hidden_states=None, return_dict=None)`),
+    `neuron_config.on_device_sampling` and `reset()`, and behaves like it where the runtime
+    depends on it: a KV cache kept inside (a transformers DynamicCache, started afresh when the
+    positions start at 0), logits of the last position only, (batch, 1, vocab), None when
+    sampling on the device; `vocab_pad` extra columns imitate a vocabulary padded for tensor
+    parallelism. The numbers come from the eager model: nothing here is a Neuron result."""
+
+    def __init__(self, model, on_device_sampling=False, vocab_pad=0):
+        import types
+        self.model = model
+        self.config = model.config
+        self.neuron_config = types.SimpleNamespace(on_device_sampling=on_device_sampling)
+        self.vocab_pad = vocab_pad
+        self.cache = None
+        self.calls = []
+
+    def reset(self):
+        self.calls.append("reset")
+
+    def __call__(self, input_ids, position_ids, seq_ids=None, attention_mask=None, sampling_params=None,
+                 output_attentions=None, output_hidden_states=None, return_dict=None):
+        import torch
+        import transformers
+        from transformers.modeling_outputs import CausalLMOutputWithPast
+        assert position_ids.shape == input_ids.shape, (position_ids.shape, input_ids.shape)
+        assert attention_mask is None and sampling_params is None  # inferred by the model / host sampling
+        assert torch.equal(seq_ids, torch.arange(input_ids.shape[0]))
+        self.calls.append((tuple(input_ids.shape), int(position_ids.min())))
+        if int(position_ids.min()) == 0:
+            self.cache = transformers.DynamicCache(config=self.config)
+        with torch.no_grad():
+            out = self.model(input_ids=input_ids, position_ids=position_ids, cache=self.cache,
+                             use_cache=True)
+        logits = out.logits[:, -1:, :].float()
+        if self.vocab_pad:
+            logits = torch.cat([logits, torch.full((*logits.shape[:2], self.vocab_pad), -1e30)], dim=-1)
+        return CausalLMOutputWithPast(logits=None if self.neuron_config.on_device_sampling else logits)
+
+
+class TnxStandIn:
+    """Stand-in for a compiled transformers-neuronx `LlamaForSampling` (legacy engine), for the
+    same reason as `NxDStandIn`: exactly its forward step (src/transformers_neuronx/llama/model.py,
+    `forward(input_ids, cache_ids=None, start_ids=None)` -> next-token logits (batch, vocab));
+    cache_ids None numbers the prompt 0..n-1 itself (a new sequence), else the int32 positions."""
+
+    def __init__(self, model):
+        self.model = model
+        self.config = model.config
+        self.cache = None
+        self.calls = []
+
+    def __call__(self, input_ids, cache_ids=None, start_ids=None):
+        import torch
+        import transformers
+        assert start_ids is None
+        if cache_ids is None:
+            self.cache = transformers.DynamicCache(config=self.config)
+            positions = torch.arange(input_ids.shape[1])
+        else:
+            assert cache_ids.dtype == torch.int32
+            positions = cache_ids.long()
+        self.calls.append((tuple(input_ids.shape), None if cache_ids is None else cache_ids.tolist()))
+        with torch.no_grad():
+            out = self.model(input_ids=input_ids, position_ids=positions[None].expand(input_ids.shape[0], -1),
+                             cache=self.cache, use_cache=True)
+        return out.logits[:, -1, :].float()
+
+
+STAND_INS = {"optimum-neuron": lambda m: NxDStandIn(m, vocab_pad=24), "transformers-neuronx": TnxStandIn}
+ENGINE_OPTION = {"optimum-neuron": "nxdi", "transformers-neuronx": "transformers-neuronx"}
+
+
+def _runtime(engine, sdk_model, tmp_path, eager, batch_size=1, sequence_length=32):
+    """The runtime as `NeuronBackend.load` builds it: from the config section compile writes
+    and the artifact folder with the model's generation_config.json."""
+    spec = make_spec(task="text-generation", batch_size=batch_size, sequence_length=sequence_length,
+                     decoder_engine=ENGINE_OPTION[engine])
+    section = rules.neuron_config_section(spec, "2.21", model_type="llama", vocab_size=eager.config.vocab_size,
+                                          input_names=neuron.DECODER_INPUT_NAMES,
+                                          output_names=neuron.DECODER_OUTPUT_NAMES)
+    assert section["engine"] == engine and section["vocab_size"] == 1000
+    eager.generation_config.save_pretrained(tmp_path)
+    return neuron_decoder.decoder_runtime(sdk_model, json.loads(json.dumps(section)), tmp_path)
+
+
+@pytest.mark.parametrize("engine", ["optimum-neuron", "transformers-neuronx"])
+@pytest.mark.parametrize("batch_size", [1, 2])
+def test_decoder_runtime_greedy_equals_eager_and_passes_the_gate(engine, batch_size, tmp_path):
+    import torch
+    model = _tiny_decoder()
+    runtime = _runtime(engine, STAND_INS[engine](model), tmp_path, model, batch_size=batch_size)
+    assert isinstance(runtime, DecoderRuntime)
+    assert (runtime.batch_size, runtime.sequence_length, runtime.vocab_size) == (batch_size, 32, 1000)
+    assert runtime.generation_config.eos_token_id == model.generation_config.eos_token_id
+
+    prompt = torch.randint(3, 1000, (batch_size, 6), generator=torch.Generator().manual_seed(1))
+    got = generate(runtime, prompt, max_new_tokens=12, do_sample=False, pad_token_id=0)
+    with torch.no_grad():
+        ref = model.generate(prompt, attention_mask=torch.ones_like(prompt), do_sample=False, max_new_tokens=12,
+                             pad_token_id=0)
+    assert torch.equal(got, ref), (got, ref)
+
+    generate_tokens = 10
+    inputs, reference = verify.decoder_reference(model, batch_size, 32, generate_tokens, seed=0)
+    out = verify.run_decoder(runtime, inputs["input_ids"], generate_tokens)
+    assert out["logits"].shape == (batch_size, 1, 1000)  # the last position only: compared to the reference's last
+    metrics = verify.decoder_metrics(reference, out, inputs["input_ids"].shape[1], FP32_TOLERANCE)
+    assert metrics["generated"]["token_agreement"] == 1.0 and metrics["generated"]["exact"]
+    assert metrics["logits"]["argmax_agreement"] == 1.0
+    assert verify.gate(metrics, FP32_TOLERANCE) is None, metrics
+
+
+@pytest.mark.parametrize("engine", ["optimum-neuron", "transformers-neuronx"])
+def test_decoder_runtime_gate_fails_on_another_model(engine, tmp_path):
+    """The check can fail: the logits of another random model do not pass."""
+    model, other = _tiny_decoder(seed=0), _tiny_decoder(seed=1)
+    runtime = _runtime(engine, STAND_INS[engine](other), tmp_path, model)
+    inputs, reference = verify.decoder_reference(model, 1, 32, 10, seed=0)
+    out = verify.run_decoder(runtime, inputs["input_ids"], 10)
+    metrics = verify.decoder_metrics(reference, out, inputs["input_ids"].shape[1], FP32_TOLERANCE)
+    broken = verify.gate(metrics, FP32_TOLERANCE)
+    assert broken is not None and broken.startswith("logits:"), broken
+
+
+def test_decoder_runtime_calls_the_engines_forward_step(tmp_path):
+    """A prefill from 0 then one token per step; the NxD model is reset for each new sequence."""
+    import torch
+    model = _tiny_decoder()
+    nxd, tnx = NxDStandIn(model), TnxStandIn(model)
+    prompt = torch.randint(3, 1000, (1, 5), generator=torch.Generator().manual_seed(2))
+    generate(_runtime("optimum-neuron", nxd, tmp_path, model), prompt, max_new_tokens=3, pad_token_id=0)
+    assert nxd.calls == ["reset", ((1, 5), 0), ((1, 1), 5), ((1, 1), 6)]
+    generate(_runtime("transformers-neuronx", tnx, tmp_path, model), prompt, max_new_tokens=3, pad_token_id=0)
+    assert tnx.calls == [((1, 5), None), ((1, 1), [5]), ((1, 1), [6])]
+
+
+def test_decoder_runtime_refuses_on_device_sampling(tmp_path):
+    model = _tiny_decoder()
+    with pytest.raises(ValueError, match="on_device_sampling is true"):
+        _runtime("optimum-neuron", NxDStandIn(model, on_device_sampling=True), tmp_path, model)
+    runtime = _runtime("optimum-neuron", NxDStandIn(model), tmp_path, model)
+    runtime.model.neuron_config.on_device_sampling = True  # logits None from the forward step
+    with pytest.raises(RuntimeError, match="returns token ids, not logits"):
+        runtime.forward([[5, 6]], [0, 1])
+
+
+def test_decoder_runtime_step_checks(tmp_path):
+    model = _tiny_decoder()
+    runtime = _runtime("optimum-neuron", NxDStandIn(model), tmp_path, model, batch_size=2, sequence_length=8)
+    with pytest.raises(StaticShapeError, match=r"shape \(batch_size=2, n\)"):
+        runtime.forward([[5, 6]], [0, 1])
+    with pytest.raises(StaticShapeError, match="outside the compiled cache 0..7"):
+        runtime.forward([[5]] * 2, [8])
+    with pytest.raises(ValueError, match="contiguous"):
+        runtime.forward([[5, 6]] * 2, [0, 2])
+    with pytest.raises(ValueError, match="a prefill from position 0 or one token"):
+        runtime.forward([[5, 6]] * 2, [3, 4])
+    with pytest.raises(StaticShapeError, match="compiled sequence_length 8"):
+        generate(runtime, [[5, 6, 7]] * 2, max_new_tokens=6)
+
+
+def test_decoder_runtime_from_section_needs_the_shapes(tmp_path):
+    model = _tiny_decoder()
+    section = {"engine": "optimum-neuron", "static_batch_size": 1, "static_sequence_length": 16}
+    runtime = neuron_decoder.decoder_runtime(NxDStandIn(model), section, tmp_path)
+    assert runtime.vocab_size == 1000  # older sections: from the model's config
+    assert runtime.generation_config is None  # no generation_config.json in the folder
+    with pytest.raises(ValueError, match="lacks static_sequence_length"):
+        neuron_decoder.decoder_runtime(NxDStandIn(model), {"static_batch_size": 1}, tmp_path)
+    with pytest.raises(ValueError, match="not a decoder engine"):
+        neuron_decoder.decoder_runtime(NxDStandIn(model), {**section, "engine": "torch_neuronx.trace"}, tmp_path)
 
 
 # ---------------------------------------------------------------- SDK: real compiles (inf2/trn host)
@@ -499,7 +715,7 @@ def test_sdk_compile_and_verify_tiny_bert(tmp_path, cast_type, auto_cast):
     assert (tmp_path / "out" / "model.pt").stat().st_size > 0
     assert section["neuron"]["input_names"] == ["input_ids", "attention_mask", "token_type_ids"]
     assert section["neuron"]["compiler_version"] != "absent"
-    if not neuron.neuron_device_present():
+    if not rules.neuron_device_present():
         pytest.skip("compiled with cpu_backend; running needs a Neuron device (inf2/trn1/trn2)")
     run = backend.load(tmp_path / "out", section)
     with torch.no_grad():
@@ -516,7 +732,7 @@ def test_sdk_dynamic_batch_tiny_bert(tmp_path):
     backend = NeuronBackend({})
     spec = make_spec(batch_size=1, sequence_length=32, dynamic_batch_size=True)
     section = backend.compile(model, inputs, spec, tmp_path / "out")
-    if not neuron.neuron_device_present():
+    if not rules.neuron_device_present():
         pytest.skip("compiled with cpu_backend; running needs a Neuron device (inf2/trn1/trn2)")
     run = backend.load(tmp_path / "out", section)
     batch3 = {k: v.repeat(3, 1) for k, v in inputs.items()}
@@ -527,28 +743,30 @@ def test_sdk_dynamic_batch_tiny_bert(tmp_path):
 
 
 @needs_sdk
-def test_sdk_compile_and_verify_tiny_llama(tmp_path):
-    import torch
+@pytest.mark.parametrize("decoder_engine", ["nxdi", "transformers-neuronx"])
+def test_sdk_compile_and_verify_tiny_llama(tmp_path, decoder_engine):
+    """Compile a tiny Llama with the decoder engine, then verify it as the worker does: the
+    runtime from `load`, pipeline.verify.run_decoder, decoder_metrics and the fp32 gate."""
     import transformers
-    if neuron.missing_sdk("text-generation"):
-        pytest.skip(f"{neuron.missing_sdk('text-generation')} not installed; "
-                    "install from https://pip.repos.neuron.amazonaws.com")
-    torch.manual_seed(0)
-    model = transformers.LlamaForCausalLM(transformers.LlamaConfig(**TINY_LLAMA)).eval()
-    backend = NeuronBackend({"num_cores": 2})
-    spec = make_spec(task="text-generation", cast_type="fp32", batch_size=1, sequence_length=64, num_cores=2)
+    missing = rules.missing_sdk("text-generation", decoder_engine)
+    if missing:
+        pytest.skip(f"{missing} not installed; install from https://pip.repos.neuron.amazonaws.com")
+    model = _tiny_decoder()
+    options = {"num_cores": 2, "decoder_engine": decoder_engine}
+    backend = NeuronBackend(options)
+    spec = make_spec(task="text-generation", cast_type="fp32", batch_size=1, sequence_length=64, **options)
     spec["model"]["config"] = json.loads(model.config.to_json_string())
     assert backend.validate(spec) == []
     section = backend.compile(model, {}, spec, tmp_path / "out")
-    assert (tmp_path / "out" / "config.json").exists()
-    if not neuron.neuron_device_present():
+    assert section["neuron"]["vocab_size"] == 1000 and section["neuron"]["static_sequence_length"] == 64
+    assert (tmp_path / "out" / "generation_config.json").is_file()
+    if not rules.neuron_device_present():
         pytest.skip("compiled; running needs a Neuron device (inf2/trn1/trn2)")
-    run = backend.load(tmp_path / "out", section)
-    input_ids = torch.randint(0, 1000, (1, 16))
-    attention_mask = torch.ones_like(input_ids)
-    with torch.no_grad():
-        reference_logits = model(input_ids=input_ids, attention_mask=attention_mask).logits[:, -1, :]
-        got = run(input_ids=input_ids, attention_mask=attention_mask, max_new_tokens=1)
-    assert got["sequences"][0, -1].item() == reference_logits.argmax(-1).item()
-    if "next_token_logits" in got:
-        torch.testing.assert_close(got["next_token_logits"].float(), reference_logits, rtol=1e-2, atol=1e-3)
+    runtime = backend.load(tmp_path / "out", {**json.loads(model.config.to_json_string()), **section})
+    assert isinstance(runtime, DecoderRuntime)
+    inputs, reference = verify.decoder_reference(model, 1, 64, 16, seed=0)
+    got = verify.run_decoder(runtime, inputs["input_ids"], 16)
+    tolerance = {"atol": 1e-3, "rtol": 1e-2, "min_argmax_agreement": 1.0, "min_token_agreement": 1.0}
+    metrics = verify.decoder_metrics(reference, got, inputs["input_ids"].shape[1], tolerance)
+    assert verify.gate(metrics, tolerance) is None, metrics
+    assert transformers.GenerationConfig.from_pretrained(tmp_path / "out").eos_token_id == 2

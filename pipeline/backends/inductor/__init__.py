@@ -51,6 +51,18 @@ def cpu_flags() -> frozenset[str]:
         return frozenset()
 
 
+# Inductor settings under which the generated C++ uses ISA extensions found at compile time
+# (e.g. max_autotune's CPP GEMM templates emit AMX / AVX512-BF16 micro-kernels), rather than
+# oneDNN kernels that pick their ISA at run time: such an artifact is tied to these CPU flags.
+ISA_SPECIFIC_CONFIGS = ("max_autotune", "max_autotune_gemm", "max_autotune_gemm_backends")
+ISA_FLAGS = frozenset({"avx512_bf16", "avx512_fp16", "avx512_vnni", "avx_vnni", "amx_tile", "amx_bf16", "amx_int8",
+                       "amx_fp16"})
+
+
+def isa_specific(inductor_configs: dict[str, Any]) -> bool:
+    return any(inductor_configs.get(name) not in (None, False, "", "ATEN") for name in ISA_SPECIFIC_CONFIGS)
+
+
 # CPU features that do bf16 / fp16 math natively; without them oneDNN and Inductor emulate it.
 NATIVE_LOW_PRECISION = {"bf16": ("avx512_bf16", "amx_bf16"), "fp16": ("avx512_fp16", "amx_fp16")}
 
@@ -123,16 +135,19 @@ class InductorBackend(Backend):
 
     def toolchain(self) -> dict[str, Any]:
         device = self.options.get("device", "cpu")
+        plat = {
+            "os": platform.system(),
+            "arch": platform.machine(),
+            "cpu_capability": cpu_capability(),
+            "gpu_arch": gpu_arch() if device == "cuda" else None,
+        }
+        if device == "cpu" and isa_specific(self.options.get("inductor_configs") or {}):
+            plat["isa_flags"] = sorted(cpu_flags() & ISA_FLAGS)  # the artifact runs only where these exist
         return {
             "torch": package_version("torch"),
             "transformers": package_version("transformers"),
             "cxx": cxx_version(),
-            "platform": {
-                "os": platform.system(),
-                "arch": platform.machine(),
-                "cpu_capability": cpu_capability(),
-                "gpu_arch": gpu_arch() if device == "cuda" else None,
-            },
+            "platform": plat,
         }
 
     def advice(self, cast_types: set[str]) -> list[str]:

@@ -3,362 +3,73 @@
 Light at import: torch, torch_neuronx, optimum.neuron and transformers_neuronx are imported
 inside the functions that need them, so planning and validation run anywhere.
 
-What is verified where: the flag translation, keys, validation and the config.json section
-are tested on every machine; compiling and running need the AWS Neuron SDK, which only
-installs from AWS's own pip index (https://pip.repos.neuron.amazonaws.com), and running
-needs a Neuron device (inf2 / trn1 / trn2). See docs/neuron.md.
+Where things are: `rules` holds everything that needs no SDK (options, flag translation,
+keys, validation, the config.json "neuron" section); `decoder` the text-generation runtimes
+(`DecoderRuntime` over the SDK models' forward step); this module the backend class, the SDK
+calls (compile, load) and the encoder runner.
 
-API references are in shared/notes/neuron-api.md (torch_neuronx.trace, neuronx-cc flags,
-optimum-neuron's `store_compilation_config` and `NeuronModelForCausalLM`).
+What is verified where: the rules and the decoder runtimes' plumbing are tested on every
+machine; compiling and running need the AWS Neuron SDK, which only installs from AWS's own pip
+index (https://pip.repos.neuron.amazonaws.com), and running needs a Neuron device (inf2 / trn1
+/ trn2). See docs/neuron.md.
 """
 from __future__ import annotations
 
-import dataclasses
-import glob
-import importlib.metadata
-import importlib.util
 import inspect
+import json
 import os
 import shutil
 import tempfile
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any, Callable
 
 from pipeline import keys
-from pipeline.keys import package_version
 from pipeline.backends.base import Backend, BackendUnavailable
+from pipeline.backends.neuron.decoder import (
+    GENERATION_CONFIG_FILE,
+    NxDDecoderRuntime,
+    TnxDecoderRuntime,
+    decoder_runtime,
+)
+from pipeline.backends.neuron.rules import (
+    CAST_TYPES,
+    DECODER_TASKS,
+    MODEL_FILE,
+    SDK_DISTRIBUTIONS,
+    TARGET_GENERATION,
+    TASKS,
+    TNX_AMP,
+    TORCH_DTYPE_NAME,
+    Options,
+    compiler_args,
+    decoder_engine_name,
+    is_decoder,
+    job_options,
+    key_options,
+    missing_reason,
+    missing_sdk,
+    neuron_config_section,
+    neuron_device_present,
+    parse_options,
+    runtime_env,
+    spec_generation,
+    target_generation,
+    validate_job,
+)
+from pipeline.keys import package_version
 
-NEURON_INDEX_URL = "https://pip.repos.neuron.amazonaws.com"
+# The names this package is used by: the registry finds `Options` and the Backend subclass here.
+__all__ = ["NeuronBackend", "Options", "EncoderRunner", "NxDDecoderRuntime", "TnxDecoderRuntime"]
 
+# Decoder artifacts describe the DecoderRuntime contract, not an SDK graph's inputs.
+DECODER_INPUT_NAMES = ["input_ids", "cache_position"]
+DECODER_OUTPUT_NAMES = ["logits"]
 
-def install_hint(distributions: list[str]) -> str:
-    return (f"install them from AWS's pip index, not PyPI (PyPI only has placeholders): "
-            f"pip install --extra-index-url {NEURON_INDEX_URL} {' '.join(distributions)}")
-
-
-TARGETS = ("inf2", "trn1", "trn1n", "trn2")
-# inf2, trn1 and trn1n are all NeuronCore-v2 and compile to the same bytes for `--target trn1`
-# (optimum-neuron normalises them the same way); trn2 is NeuronCore-v3.
-TARGET_GENERATION = {"inf2": "trn1", "trn1": "trn1", "trn1n": "trn1", "trn2": "trn2"}
-# Most NeuronCores one instance of the family offers (inf2.48xlarge: 12 chips x 2 cores;
-# trn1(n).32xlarge: 16 x 2; trn2.48xlarge: 16 chips x 4 logical cores at the default LNC=2).
-MAX_CORES = {"inf2": 24, "trn1": 32, "trn1n": 32, "trn2": 64}
-GIB = 1024 ** 3
-# HBM per (logical) NeuronCore: 32 GiB per chip / 2 cores on v2; trn2: 96 GiB per chip,
-# 8 physical cores, 2 per logical core at LNC=2 (the default).
-HBM_PER_CORE = {"inf2": 16 * GIB, "trn1": 16 * GIB, "trn1n": 16 * GIB, "trn2": 24 * GIB}
-OPTLEVELS = (1, 2, 3)
-MODEL_TYPES = ("generic", "transformer", "unet-inference")
-DECODER_ENGINES = ("nxdi", "transformers-neuronx")
-ENCODER_TASKS = ("feature-extraction", "text-classification", "token-classification",
-                 "question-answering", "fill-mask")
-DECODER_TASKS = ("text-generation",)
-# Our auto_cast scope -> the compiler's spelling ("matmult" is the documented value).
-AUTO_CAST_FLAG = {"matmul": "matmult", "all": "all"}
-BYTES_PER_PARAM = {"fp32": 4, "bf16": 2, "fp16": 2}
-TORCH_DTYPE_NAME = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
-TNX_AMP = {"fp32": "f32", "bf16": "bf16", "fp16": "f16"}
-MODEL_FILE = "model.pt"
-# Options that do not change the compiled bytes and stay out of the key: the instance family
-# (the core generation goes into the toolchain instead) and where the compiler runs.
-NOT_IN_KEY = ("target", "cpu_backend")
-
-SDK_DISTRIBUTIONS = ("neuronx-cc", "torch-neuronx", "neuronx-distributed",
-                     "neuronx-distributed-inference", "optimum-neuron")
-
-
-@dataclass
-class Options:
-    """The neuron backend's options (configs/backend/neuron.yaml)."""
-
-    target: str = "inf2"  # instance family compiled for: inf2 | trn1 | trn1n | trn2 (key keeps only the core generation)
-    optlevel: int = 2  # neuronx-cc --optlevel: 1 (fast compile) | 2 (default) | 3 (most optimised)
-    num_cores: int = 1  # NeuronCores: encoders reserve them at runtime (NEURON_RT_NUM_CORES); decoders shard over them (tensor_parallel_size)
-    model_type: str = "transformer"  # neuronx-cc --model-type: generic | transformer | unet-inference
-    compiler_args: list[str] = field(default_factory=list)  # extra neuronx-cc flags, appended last (the right-most flag wins)
-    inline_weights_to_neff: bool = True  # bake weights into the NEFF; False keeps them apart (replaceable, moved to the device at load)
-    cpu_backend: Optional[bool] = None  # compile without a Neuron device; None = auto (True when no /dev/neuron* is present)
-    decoder_engine: str = "nxdi"  # text-generation engine: nxdi (optimum-neuron NeuronModelForCausalLM) | transformers-neuronx (legacy, end of support)
-
-
-OPTION_FIELDS = tuple(f.name for f in dataclasses.fields(Options))
-
-
-def parse_options(options: dict[str, Any] | None) -> tuple[Options, list[str]]:
-    """Options from a plain dict (defaults filled in), and every problem as "backend.<field>: msg"."""
-    data = dict(options or {})
-    data.pop("name", None)
-    data.pop("_target_", None)
-    errors = [f"backend.{k}: unknown neuron option (known: {', '.join(OPTION_FIELDS)})"
-              for k in sorted(data) if k not in OPTION_FIELDS]
-    opts = Options(**{k: v for k, v in data.items() if k in OPTION_FIELDS})
-    if opts.target not in TARGETS:
-        errors.append(f"backend.target: {opts.target!r} is not a Neuron target; use one of {', '.join(TARGETS)}")
-    if isinstance(opts.optlevel, bool) or opts.optlevel not in OPTLEVELS:
-        errors.append(f"backend.optlevel: {opts.optlevel!r} is not a neuronx-cc optlevel; use 1, 2 or 3")
-    if opts.model_type not in MODEL_TYPES:
-        errors.append(f"backend.model_type: {opts.model_type!r} is not a neuronx-cc --model-type; use one of {', '.join(MODEL_TYPES)}")
-    if not isinstance(opts.compiler_args, (list, tuple)) or not all(isinstance(a, str) for a in opts.compiler_args):
-        errors.append("backend.compiler_args: must be a list of strings (one neuronx-cc flag or value per item)")
-    if not isinstance(opts.inline_weights_to_neff, bool):
-        errors.append("backend.inline_weights_to_neff: must be true or false")
-    if opts.cpu_backend is not None and not isinstance(opts.cpu_backend, bool):
-        errors.append("backend.cpu_backend: must be true, false or null (auto)")
-    if opts.decoder_engine not in DECODER_ENGINES:
-        errors.append(f"backend.decoder_engine: {opts.decoder_engine!r} is not a decoder engine; use one of {', '.join(DECODER_ENGINES)}")
-    if isinstance(opts.num_cores, bool) or not isinstance(opts.num_cores, int) or opts.num_cores < 1:
-        errors.append(f"backend.num_cores: {opts.num_cores!r} must be an integer >= 1")
-    elif opts.target in MAX_CORES and opts.num_cores > max_cores(opts):
-        errors.append(f"backend.num_cores: {opts.num_cores} NeuronCores is more than the largest "
-                      f"{opts.target} instance has ({max_cores(opts)})")
-    return opts, errors
-
-
-def target_generation(target: str) -> str:
-    """The NeuronCore generation a target compiles for ("trn1" = NeuronCore-v2, "trn2" = v3)."""
-    try:
-        return TARGET_GENERATION[target]
-    except KeyError:
-        raise ValueError(f"unknown Neuron target {target!r}; use one of {', '.join(TARGETS)}") from None
-
-
-def _logical_nc_config(opts: Options) -> int:
-    """trn2's logical NeuronCore size (--logical-nc-config / -lnc / --lnc), 2 by default."""
-    lnc = 2
-    args = list(opts.compiler_args or [])
-    for i, a in enumerate(args):
-        value = None
-        if a in ("--logical-nc-config", "-lnc", "--lnc") and i + 1 < len(args):
-            value = args[i + 1]
-        elif a.startswith(("--logical-nc-config=", "--lnc=", "-lnc=")):
-            value = a.split("=", 1)[1]
-        if value is not None and value.strip() in ("1", "2"):
-            lnc = int(value)
-    return lnc
-
-
-def max_cores(opts: Options) -> int:
-    if opts.target == "trn2":
-        return MAX_CORES["trn2"] * 2 // _logical_nc_config(opts)
-    return MAX_CORES[opts.target]
-
-
-def hbm_per_core(opts: Options) -> int:
-    if opts.target == "trn2":
-        return HBM_PER_CORE["trn2"] * _logical_nc_config(opts) // 2
-    return HBM_PER_CORE[opts.target]
-
-
-def is_decoder(task: str) -> bool:
-    return task in DECODER_TASKS
-
-
-def key_options(options: dict[str, Any] | Options) -> dict[str, Any]:
-    """The backend options as they go into a spec: defaults filled in, the instance family and
-    cpu_backend left out (the core generation is in the toolchain), so inf2 and trn1 share keys."""
-    opts = options if isinstance(options, Options) else parse_options(options)[0]
-    data = dataclasses.asdict(opts)
-    data["compiler_args"] = list(data["compiler_args"])
-    for k in NOT_IN_KEY:
-        data.pop(k, None)
-    return data
-
-
-def _spec_options(spec: dict[str, Any]) -> Options:
-    return parse_options(((spec.get("backend") or {}).get("options")) or {})[0]
-
-
-def _spec_generation(spec: dict[str, Any], opts: Options) -> str:
-    """The compile target: the toolchain's core generation (what the key holds), else the option's."""
-    gen = (spec.get("toolchain") or {}).get("target")
-    if gen is not None:
-        if gen not in ("trn1", "trn2"):
-            raise ValueError(f"toolchain.target: {gen!r} is not a NeuronCore generation (trn1 or trn2)")
-        return gen
-    return target_generation(opts.target)
-
-
-def auto_cast_flags(cast_type: str, auto_cast: str) -> list[str]:
-    """neuronx-cc's auto-cast flags for our cast_type x auto_cast. fp32 is never auto-cast."""
-    cast = keys.canonical_cast_type(cast_type)
-    if cast == "fp32":
-        return ["--auto-cast", "none"]
-    if cast == "int8":
-        raise ValueError(INT8_MESSAGE)
-    if cast not in ("bf16", "fp16"):
-        raise ValueError(f"cast_type {cast_type!r} is not supported by the neuron backend (fp32, bf16, fp16)")
-    if auto_cast == "none":
-        raise ValueError(AUTO_CAST_NONE_MESSAGE.format(cast=cast))
-    if auto_cast not in AUTO_CAST_FLAG:
-        raise ValueError(f"auto_cast {auto_cast!r} is not one of none, matmul, all")
-    return ["--auto-cast", AUTO_CAST_FLAG[auto_cast], "--auto-cast-type", cast]
-
-
-INT8_MESSAGE = ("int8 is not supported by the neuron backend: neuronx-cc auto-casts to bf16/fp16 "
-                "(fp8 is a trn2-only compiler option we do not offer); use cast_type bf16 or fp16 "
-                "with auto_cast matmul or all")
-AUTO_CAST_NONE_MESSAGE = ("none with cast_type {cast} would compile in fp32 anyway; set auto_cast "
-                          "to matmul or all, or use cast_type fp32")
-
-
-def compiler_args(spec: dict[str, Any]) -> list[str]:
-    """The exact neuronx-cc argument list for an encoder spec, in a stable order:
-    --auto-cast [--auto-cast-type], --optlevel, --target, --model-type, then the extra flags
-    (last, so the right-most occurrence of a flag - the user's - wins)."""
-    opts = _spec_options(spec)
-    args = auto_cast_flags(spec.get("cast_type", "fp32"), spec.get("auto_cast", "none"))
-    args += ["--optlevel", str(opts.optlevel)]
-    args += ["--target", _spec_generation(spec, opts)]
-    args += ["--model-type", opts.model_type]
-    args += [str(a) for a in (opts.compiler_args or [])]
-    return args
-
-
-def neuron_config_section(spec: dict[str, Any], compiler_version: str, *,
-                          input_names: list[str] | None = None,
-                          output_names: list[str] | None = None,
-                          model_type: str | None = None) -> dict[str, Any]:
-    """The "neuron" section of the artifact's config.json.
-
-    Field names follow optimum-neuron's `store_compilation_config` (so its classes and cache
-    tooling can read our artifacts where the file layout allows); our own extras are prefixed
-    by nothing but are keys optimum ignores (input/output names, the flag list, the engine)."""
-    opts = _spec_options(spec)
-    task = spec.get("task")
-    cast = keys.canonical_cast_type(spec.get("cast_type", "fp32")) or spec.get("cast_type")
-    scope = spec.get("auto_cast", "none")
-    decoder = is_decoder(task)
-    shapes = spec.get("shapes") or {}
-    cast_applies = cast in ("bf16", "fp16") and scope in AUTO_CAST_FLAG and not decoder
-    section: dict[str, Any] = {
-        "compiler_type": "neuronx-cc",
-        "compiler_version": compiler_version,
-        "task": task,
-        "instance_type": _spec_generation(spec, opts),
-        "auto_cast": scope if cast_applies else None,
-        "auto_cast_type": cast if cast_applies else None,
-        "optlevel": str(opts.optlevel),
-        "dynamic_batch_size": bool(spec.get("dynamic_batch_size", False)),
-        "inline_weights_to_neff": bool(opts.inline_weights_to_neff) if not decoder else False,
-        "tensor_parallel_size": opts.num_cores if decoder else 1,
-        "num_cores": opts.num_cores,
-        "int_dtype": "int64",
-        "float_dtype": cast if decoder else "fp32",
-        "output_attentions": False,
-        "output_hidden_states": False,
-        "model_type": model_type or ((spec.get("model") or {}).get("config") or {}).get("model_type"),
-        "neuron_model_type": opts.model_type,
-        "engine": ("optimum-neuron" if opts.decoder_engine == "nxdi" else "transformers-neuronx") if decoder
-        else "torch_neuronx.trace",
-        "compiler_args": None if decoder else compiler_args(spec),
-        "model_file": None if decoder else MODEL_FILE,
-        "input_names": list(input_names) if input_names is not None else None,
-        "output_names": list(output_names) if output_names is not None else None,
-    }
-    for axis, value in sorted(shapes.items()):
-        section[f"static_{axis}"] = value
-    return section
-
-
-# ---------------------------------------------------------------- environment facts
-
-def _has_module(name: str) -> bool:
-    try:
-        return importlib.util.find_spec(name) is not None
-    except (ImportError, ValueError):  # a parent package missing, or a broken install
-        return False
-
-
-def neuron_device_present() -> bool:
-    """True when the Neuron driver exposes a device here (/dev/neuron0, ...)."""
-    return bool(glob.glob("/dev/neuron[0-9]*"))
-
-
-def runtime_env(num_cores: int, first_core: int | None = None) -> dict[str, str]:
-    """Environment for a process that runs a compiled model: a disjoint core range
-    (NEURON_RT_VISIBLE_CORES) when `first_core` is given, else a core count."""
-    if first_core is None:
-        return {"NEURON_RT_NUM_CORES": str(num_cores)}
-    last = first_core + num_cores - 1
-    return {"NEURON_RT_VISIBLE_CORES": str(first_core) if last == first_core else f"{first_core}-{last}"}
-
-
-def missing_sdk(task: str | None = None, decoder_engine: str = "nxdi") -> list[str]:
-    """The SDK parts missing here for `task` (all tasks when None), as
-    "<distribution> (<what to import>...)"; the distribution name is the first word."""
-    missing = []
-    needs_encoder = task is None or not is_decoder(task)
-    needs_decoder = task is None or is_decoder(task)
-    if needs_encoder:
-        if not _has_module("torch_neuronx"):
-            missing.append("torch-neuronx (module torch_neuronx)")
-        if not (_has_module("neuronxcc") or shutil.which("neuronx-cc")):
-            missing.append("neuronx-cc (module neuronxcc / the neuronx-cc command)")
-    if needs_decoder:
-        if decoder_engine == "transformers-neuronx":
-            if not _has_module("transformers_neuronx"):
-                missing.append("transformers-neuronx (module transformers_neuronx, for text-generation)")
-        else:
-            if not _has_module("optimum.neuron"):
-                missing.append("optimum-neuron (module optimum.neuron, for text-generation)")
-            if not _has_module("neuronx_distributed"):
-                missing.append("neuronx-distributed (module neuronx_distributed, for text-generation)")
-        if not needs_encoder and not (_has_module("neuronxcc") or shutil.which("neuronx-cc")):
-            missing.append("neuronx-cc (module neuronxcc / the neuronx-cc command)")
-    return missing
-
-
-def _missing_reason(missing: list[str]) -> str | None:
-    if not missing:
-        return None
-    dists = list(dict.fromkeys(m.split(" ", 1)[0] for m in missing))
-    return f"AWS Neuron SDK missing: {'; '.join(missing)}; {install_hint(dists)}"
-
-
-# ---------------------------------------------------------------- parameter estimate
-
-GATED_MLP_FAMILIES = {"llama", "mistral", "mixtral", "qwen2", "qwen2_moe", "qwen3", "qwen3_moe", "gemma",
-                      "gemma2", "gemma3", "gemma3_text", "phi3", "granite", "smollm3", "olmo", "olmo2"}
-
-
-def _first(config: dict, *names: str) -> Any:
-    for n in names:
-        if config.get(n) is not None:
-            return config[n]
-    return None
-
-
-def estimate_parameters(config: dict[str, Any], task: str | None = None) -> int | None:
-    """Rough parameter count from a config.json dict: embeddings, attention (GQA aware), MLP
-    (gated or not, experts), LM head when untied. None when the config lacks the sizes."""
-    h = _first(config, "hidden_size", "n_embd", "d_model", "dim")
-    n_layers = _first(config, "num_hidden_layers", "n_layer", "num_layers", "n_layers")
-    vocab = _first(config, "vocab_size")
-    if not all(isinstance(v, int) and v > 0 for v in (h, n_layers, vocab)):
-        return None
-    heads = _first(config, "num_attention_heads", "n_head", "n_heads") or 1
-    kv_heads = _first(config, "num_key_value_heads", "n_kv_heads") or heads
-    head_dim = _first(config, "head_dim") or h // heads
-    inter = _first(config, "moe_intermediate_size", "intermediate_size", "n_inner", "ffn_dim", "hidden_dim") or 4 * h
-    experts = _first(config, "num_local_experts", "num_experts", "n_routed_experts") or 1
-    gated = config.get("model_type") in GATED_MLP_FAMILIES or config.get("hidden_act") == "silu"
-    attention = 2 * h * heads * head_dim + 2 * h * kv_heads * head_dim
-    mlp = experts * (3 if gated else 2) * h * inter
-    params = vocab * h + n_layers * (attention + mlp)
-    if config.get("rope_theta") is None and config.get("rope_scaling") is None and config.get("max_position_embeddings"):
-        params += config["max_position_embeddings"] * h  # learned position embeddings
-    if task is not None and is_decoder(task) and not config.get("tie_word_embeddings", True):
-        params += vocab * h
-    return params
-
-
-# ---------------------------------------------------------------- the backend
 
 class NeuronBackend(Backend):
     name = "neuron"
-    cast_types = ("fp32", "bf16", "fp16")
-    tasks = ENCODER_TASKS + DECODER_TASKS
+    cast_types = CAST_TYPES
+    tasks = TASKS
 
     def __init__(self, options: dict[str, Any]):
         super().__init__(options)
@@ -369,126 +80,38 @@ class NeuronBackend(Backend):
     def available(self, task: str | None = None) -> str | None:
         """None when the SDK parts needed for `task` (every task when None) import here.
         Compiling needs no device (cpu_backend); running and verifying do."""
-        return _missing_reason(missing_sdk(task, self.opts.decoder_engine))
+        return missing_reason(missing_sdk(task, self.opts.decoder_engine))
 
     def toolchain(self) -> dict[str, Any]:
         tc = {dist: package_version(dist) for dist in SDK_DISTRIBUTIONS}
         if self.opts.decoder_engine == "transformers-neuronx":
             tc["transformers-neuronx"] = package_version("transformers-neuronx")
-        tc["target"] = target_generation(self.opts.target) if self.opts.target in TARGET_GENERATION else self.opts.target
+        target = self.opts.target
+        tc["target"] = target_generation(target) if target in TARGET_GENERATION else target
         return tc
 
     def spec_options(self) -> dict[str, Any]:
-        """This backend's options as they belong in a spec (see `key_options`)."""
+        """This backend's options as they belong in a spec (see `rules.key_options`)."""
         return key_options(self.opts)
 
     # -- validation
 
     def _job_options(self, job: dict[str, Any]) -> dict[str, Any]:
         """This backend's options overlaid with the job's (a spec's options lack `target`)."""
-        backend = job.get("backend") or {}
-        job_options = (backend.get("options") if isinstance(backend, dict) else None) or {}
-        merged = {**self.options, **job_options}
-        # A spec holds the core generation (toolchain.target), not the family: when the job
-        # names no target, one of that generation stands in for this backend's default.
-        gen = (job.get("toolchain") or {}).get("target")
-        if "target" not in job_options and gen in ("trn1", "trn2"):
-            current = merged.get("target", Options.target)
-            merged["target"] = current if TARGET_GENERATION.get(current) == gen else gen
-        return merged
+        return job_options(self.options, job)
 
     def validate(self, job: dict[str, Any]) -> list[str]:
-        opts, errors = parse_options(self._job_options(job))
-        errors = list(errors)
-        task = job.get("task")
-        decoder = is_decoder(task)
-        gen = (job.get("toolchain") or {}).get("target")
-        if gen is not None and opts.target in TARGET_GENERATION and gen != TARGET_GENERATION[opts.target]:
-            errors.append(f"toolchain.target: the spec was planned for {gen} cores but backend.target is "
-                          f"{opts.target} ({TARGET_GENERATION[opts.target]}); plan again with this target")
-        if task not in self.tasks:
-            errors.append(f"task: {task!r} is not compiled by the neuron backend (supported: {', '.join(self.tasks)})")
-
-        # cast type and auto-cast scope
-        raw_cast = job.get("cast_type", "fp32")
-        cast = keys.canonical_cast_type(raw_cast)
-        scope = job.get("auto_cast", "none")
-        if cast == "int8":
-            errors.append(f"cast_type: {INT8_MESSAGE}")
-        elif cast not in self.cast_types:
-            errors.append(f"cast_type: {raw_cast!r} is not supported by the neuron backend (use fp32, bf16 or fp16)")
-        if scope not in keys.AUTO_CAST_SCOPES:
-            errors.append(f"auto_cast: {scope!r} is not one of {', '.join(keys.AUTO_CAST_SCOPES)}")
-        elif cast in ("bf16", "fp16") and scope == "none":
-            errors.append(f"auto_cast: {AUTO_CAST_NONE_MESSAGE.format(cast=cast)}")
-
-        # static shapes
-        shapes = job.get("shapes") or {}
-        config = (job.get("model") or {}).get("config") or {}
-        for axis in ("batch_size", "sequence_length"):
-            value = shapes.get(axis)
-            if isinstance(value, bool) or not isinstance(value, int):
-                errors.append(f"shapes.{axis}: neuronx-cc compiles static shapes; give an integer "
-                              f"(one variant per shape), not {value!r}")
-            elif value < 1:
-                errors.append(f"shapes.{axis}: must be >= 1, not {value}")
-        seq = shapes.get("sequence_length")
-        if isinstance(seq, int) and not isinstance(seq, bool) and seq >= 1:
-            max_pos = _first(config, "max_position_embeddings", "n_positions", "max_sequence_length")
-            if isinstance(max_pos, int) and seq > max_pos:
-                errors.append(f"shapes.sequence_length: {seq} exceeds the model's max_position_embeddings ({max_pos})")
-            if decoder and seq < 2:
-                errors.append("shapes.sequence_length: a text-generation variant needs room for the prompt "
-                              "and generated tokens (KV cache); use >= 2")
-
-        if job.get("dynamic_batch_size") and decoder:
-            errors.append("dynamic_batch_size: not supported for text-generation on neuron: decoders compile a "
-                          "static batch (and KV cache); compile one variant per batch size")
-
-        # options that only exist on one path
-        if decoder:
-            if opts.compiler_args:
-                errors.append("backend.compiler_args: not applied to text-generation (optimum-neuron sets the "
-                              "decoder's neuronx-cc flags itself); remove them for decoder jobs")
-            if opts.optlevel in OPTLEVELS and opts.optlevel != Options.optlevel:
-                errors.append("backend.optlevel: not applied to text-generation (the decoder graphs use their "
-                              "own optlevels); leave it at 2 for decoder jobs")
-            if opts.decoder_engine == "transformers-neuronx" and opts.target == "trn2":
-                errors.append("backend.decoder_engine: transformers-neuronx does not support trn2 (and reached end "
-                              "of support in Neuron 2.26); use nxdi")
-
-        # weights per core
-        if cast in BYTES_PER_PARAM and opts.target in HBM_PER_CORE and isinstance(opts.num_cores, int) \
-                and not isinstance(opts.num_cores, bool) and opts.num_cores >= 1:
-            params = estimate_parameters(config, task)
-            if params is not None:
-                # Encoders keep fp32 weights in the NEFF (auto-cast changes the compute type;
-                # inferred, so the estimate is conservative); decoders cast the weights.
-                width = BYTES_PER_PARAM[cast] if decoder else 4
-                shards = opts.num_cores if decoder else 1
-                per_core = params * width / shards
-                limit = hbm_per_core(opts)
-                if per_core > limit:
-                    gib = per_core / GIB
-                    if decoder:
-                        need = -(-params * width // limit)
-                        errors.append(f"backend.num_cores: about {gib:.1f} GiB of {cast} weights per NeuronCore "
-                                      f"({params / 1e9:.2f}B parameters over {shards} cores) exceed the "
-                                      f"{limit // GIB} GiB per {opts.target} NeuronCore; use num_cores >= {need}")
-                    else:
-                        errors.append(f"model: about {gib:.1f} GiB of weights ({params / 1e9:.2f}B parameters) exceed "
-                                      f"the {limit // GIB} GiB of one {opts.target} NeuronCore; an encoder is not "
-                                      f"sharded (num_cores only reserves cores)")
-        return errors
+        return validate_job(self._job_options(job), job)
 
     # -- compile
 
-    def compile(self, model: Any, example_inputs: dict[str, Any], spec: dict[str, Any], workdir: Path) -> dict[str, Any]:
+    def compile(self, model: Any, example_inputs: dict[str, Any], spec: dict[str, Any],
+                workdir: Path) -> dict[str, Any]:
         workdir = Path(workdir)
         workdir.mkdir(parents=True, exist_ok=True)
         task = spec.get("task")
         opts = parse_options(self._job_options(spec))[0]
-        reason = _missing_reason(missing_sdk(task, opts.decoder_engine))
+        reason = missing_reason(missing_sdk(task, opts.decoder_engine))
         if reason:
             raise BackendUnavailable(reason)
         problems = self.validate(spec)
@@ -496,13 +119,7 @@ class NeuronBackend(Backend):
             raise ValueError("neuron job is not valid: " + "; ".join(problems))
         compiler_version = package_version("neuronx-cc")
         if is_decoder(task):
-            if opts.decoder_engine == "transformers-neuronx":
-                model_type = self._compile_tnx(model, spec, opts, workdir)
-            else:
-                model_type = self._compile_optimum(model, spec, opts, workdir)
-            return {"neuron": neuron_config_section(spec, compiler_version, model_type=model_type,
-                                                    input_names=["input_ids", "attention_mask"],
-                                                    output_names=["sequences", "next_token_logits"])}
+            return self._compile_decoder(model, spec, opts, workdir, compiler_version)
         input_names, output_names, model_type = self._compile_encoder(model, example_inputs, spec, opts, workdir)
         return {"neuron": neuron_config_section(spec, compiler_version, input_names=input_names,
                                                 output_names=output_names, model_type=model_type)}
@@ -544,11 +161,34 @@ class NeuronBackend(Backend):
         model.save_pretrained(tmp, safe_serialization=True)
         return tmp
 
-    def _compile_optimum(self, model, spec, opts, workdir) -> str | None:
+    def _compile_decoder(self, model, spec, opts, workdir: Path, compiler_version: str) -> dict[str, Any]:
+        """Compile with the decoder engine; the config section records what `load` needs
+        (static shapes, vocab_size, engine) and generation_config.json goes next to it."""
+        text_config = _text_config(model)
+        if opts.decoder_engine == "transformers-neuronx":
+            self._compile_tnx(model, spec, opts, workdir)
+            extra = {}
+        else:
+            extra = self._compile_optimum(model, spec, opts, workdir)
+        _save_generation_config(model, workdir)
+        section = neuron_config_section(spec, compiler_version, model_type=getattr(text_config, "model_type", None),
+                                        vocab_size=int(text_config.vocab_size),
+                                        input_names=DECODER_INPUT_NAMES, output_names=DECODER_OUTPUT_NAMES)
+        return {"neuron": section, **extra}
+
+    def _compile_optimum(self, model, spec, opts, workdir) -> dict[str, Any]:
+        """optimum-neuron NxD export. On-device sampling is turned off (the forward step must
+        return logits), and chunked prefill too where the release has it (one context-encoding
+        graph for the whole prompt). Returns the config.json keys optimum wrote that the
+        worker's config.json must keep (the weight dtype)."""
         import torch
         from optimum.neuron import NeuronModelForCausalLM
         from transformers import AutoConfig
 
+        if not hasattr(NeuronModelForCausalLM, "get_neuron_config"):
+            raise BackendUnavailable(
+                f"optimum-neuron {package_version('optimum-neuron')} has no NeuronModelForCausalLM.get_neuron_config "
+                "(the NxD backend this pipeline drives); install a current release")
         cast = keys.canonical_cast_type(spec["cast_type"])
         dtype = getattr(torch, TORCH_DTYPE_NAME[cast])
         shapes = spec["shapes"]
@@ -559,20 +199,22 @@ class NeuronBackend(Backend):
             # optimum-neuron takes the weight dtype from the config (NxD casts the weights).
             config.dtype = dtype
             config.torch_dtype = dtype
-            if hasattr(NeuronModelForCausalLM, "get_neuron_config"):
-                neuron_config = NeuronModelForCausalLM.get_neuron_config(
-                    path, config=config, instance_type=_spec_generation(spec, opts),
-                    batch_size=shapes["batch_size"], sequence_length=shapes["sequence_length"],
-                    tensor_parallel_size=opts.num_cores)
-                compiled = NeuronModelForCausalLM.export(path, neuron_config, config=config, load_weights=False)
-            else:  # older optimum-neuron releases
-                compiled = NeuronModelForCausalLM.from_pretrained(
-                    path, export=True, batch_size=shapes["batch_size"], sequence_length=shapes["sequence_length"],
-                    tensor_parallel_size=opts.num_cores, torch_dtype=dtype)
+            kwargs = {}
+            if "prefill_chunk_size" in inspect.signature(NeuronModelForCausalLM.get_neuron_config).parameters:
+                kwargs["prefill_chunk_size"] = 0
+            neuron_config = NeuronModelForCausalLM.get_neuron_config(
+                path, config=config, instance_type=spec_generation(spec, opts),
+                batch_size=shapes["batch_size"], sequence_length=shapes["sequence_length"],
+                tensor_parallel_size=opts.num_cores, **kwargs)
+            # Model classes turn on-device sampling on by default (Llama: on_device_sampling=True),
+            # which makes the forward step return tokens instead of logits.
+            neuron_config.on_device_sampling = False
+            compiled = NeuronModelForCausalLM.export(path, neuron_config, config=config, load_weights=False)
             compiled.save_pretrained(str(workdir))
-            return getattr(config, "model_type", None)
+        saved = json.loads((workdir / "config.json").read_text()) if (workdir / "config.json").is_file() else {}
+        return {k: saved[k] for k in ("torch_dtype", "dtype") if k in saved}
 
-    def _compile_tnx(self, model, spec, opts, workdir) -> str | None:
+    def _compile_tnx(self, model, spec, opts, workdir) -> None:
         from transformers_neuronx import NeuronAutoModelForCausalLM
 
         cast = keys.canonical_cast_type(spec["cast_type"])
@@ -586,11 +228,11 @@ class NeuronBackend(Backend):
             tp_degree=opts.num_cores, amp=TNX_AMP[cast])
         m.to_neuron()
         m.save(str(workdir / "neuron"))
-        return getattr(getattr(model, "config", None), "model_type", None)
 
     # -- load
 
     def load(self, folder: Path, compile_config: dict[str, Any]) -> Callable[..., Any]:
+        """An EncoderRunner, or for text-generation a DecoderRuntime (`decoder.decoder_runtime`)."""
         folder = Path(folder)
         section = compile_config.get("neuron", compile_config)
         if not neuron_device_present():
@@ -600,7 +242,7 @@ class NeuronBackend(Backend):
         num_cores = int(section.get("num_cores") or 1)
         if section.get("task") in DECODER_TASKS:
             return self._load_decoder(folder, section)
-        reason = _missing_reason(missing_sdk("feature-extraction"))
+        reason = missing_reason(missing_sdk("feature-extraction"))
         if reason:
             raise BackendUnavailable(reason)
         if "NEURON_RT_VISIBLE_CORES" not in os.environ and "NEURON_RT_NUM_CORES" not in os.environ:
@@ -613,20 +255,48 @@ class NeuronBackend(Backend):
             torch_neuronx.move_trace_to_device(module, 0)
         return EncoderRunner(module, section["input_names"], section["output_names"])
 
-    def _load_decoder(self, folder: Path, section: dict[str, Any]) -> Callable[..., Any]:
-        if section.get("engine") == "transformers-neuronx":
+    def _load_decoder(self, folder: Path, section: dict[str, Any]) -> Any:
+        tnx = section.get("engine") == decoder_engine_name("transformers-neuronx")
+        reason = missing_reason(missing_sdk("text-generation", "transformers-neuronx" if tnx else "nxdi"))
+        if reason:
+            raise BackendUnavailable(reason)
+        if tnx:
             from transformers_neuronx import NeuronAutoModelForCausalLM
 
             amp = TNX_AMP.get(section.get("float_dtype"), "f32")
             m = NeuronAutoModelForCausalLM.from_pretrained(
                 str(folder / "checkpoint"), batch_size=section["static_batch_size"],
-                n_positions=section["static_sequence_length"], tp_degree=section.get("tensor_parallel_size", 1), amp=amp)
+                n_positions=section["static_sequence_length"], tp_degree=section.get("tensor_parallel_size", 1),
+                amp=amp)
             m.load(str(folder / "neuron"))
             m.to_neuron()
-            return TnxRunner(m)
+            return decoder_runtime(m, section, folder)
         from optimum.neuron import NeuronModelForCausalLM
 
-        return DecoderRunner(NeuronModelForCausalLM.from_pretrained(str(folder)))
+        return decoder_runtime(NeuronModelForCausalLM.from_pretrained(str(folder)), section, folder)
+
+
+def _text_config(model: Any) -> Any:
+    """The text config of a model object or of a local checkpoint folder."""
+    if isinstance(model, (str, os.PathLike)):
+        from transformers import AutoConfig
+
+        config = AutoConfig.from_pretrained(str(model))
+    else:
+        config = model.config
+    return config.get_text_config() if hasattr(config, "get_text_config") else config
+
+
+def _save_generation_config(model: Any, workdir: Path) -> None:
+    """generation_config.json next to the artifact: the defaults generate() starts from."""
+    if isinstance(model, (str, os.PathLike)):
+        source = Path(model) / GENERATION_CONFIG_FILE
+        if source.is_file():
+            shutil.copyfile(source, workdir / GENERATION_CONFIG_FILE)
+        return
+    generation_config = getattr(model, "generation_config", None)
+    if generation_config is not None:
+        generation_config.save_pretrained(str(workdir))
 
 
 # ---------------------------------------------------------------- helpers used by compile/load
@@ -645,13 +315,13 @@ def ordered_input_names(model: Any, example_inputs: dict[str, Any]) -> list[str]
 def output_names_of(outputs: Any) -> list[str]:
     """Names of the tensor outputs of an eager call (ModelOutput keys, or output_<i>)."""
     if hasattr(outputs, "keys") and hasattr(outputs, "__getitem__"):
-        return [k for k in outputs.keys() if _is_tensor(outputs[k])]
+        return [k for k in outputs.keys() if is_tensor(outputs[k])]
     if isinstance(outputs, (tuple, list)):
-        return [f"output_{i}" for i, v in enumerate(outputs) if _is_tensor(v)]
+        return [f"output_{i}" for i, v in enumerate(outputs) if is_tensor(v)]
     return ["output_0"]
 
 
-def _is_tensor(x: Any) -> bool:
+def is_tensor(x: Any) -> bool:
     return type(x).__name__ in ("Tensor", "Parameter") or (hasattr(x, "dtype") and hasattr(x, "shape"))
 
 
@@ -672,7 +342,7 @@ def _tuple_wrapper_class():
             if hasattr(out, "keys"):
                 return tuple(out[k] for k in self.output_names)
             if isinstance(out, (tuple, list)):
-                tensors = [v for v in out if _is_tensor(v)]
+                tensors = [v for v in out if is_tensor(v)]
                 return tuple(tensors)
             return (out,)
 
@@ -701,45 +371,3 @@ class EncoderRunner:
             out = (out,)
         return dict(zip(self.output_names, out))
 
-
-class DecoderRunner:
-    """A loaded optimum-neuron causal LM.
-
-    Called with input tensors it returns greedy `sequences` and, when the model samples on the
-    host, `next_token_logits` ([batch, vocab]) of the first generated step: the prefill graph
-    computes logits at the last prompt position only, not over the whole prompt."""
-
-    def __init__(self, model: Any):
-        self.model = model
-
-    def generate(self, input_ids: Any, attention_mask: Any = None, max_new_tokens: int = 1, **kwargs: Any) -> Any:
-        kwargs.setdefault("do_sample", False)
-        return self.model.generate(input_ids, attention_mask=attention_mask, max_new_tokens=max_new_tokens, **kwargs)
-
-    def prefill_logits(self, input_ids: Any, attention_mask: Any = None) -> Any:
-        """Logits for the token after the prompt, [batch, vocab]."""
-        out = self.generate(input_ids, attention_mask, max_new_tokens=1,
-                            return_dict_in_generate=True, output_logits=True)
-        if not getattr(out, "logits", None):
-            raise RuntimeError("this artifact samples on the device (on_device_sampling): no logits come back; "
-                               "compare generated tokens instead")
-        return out.logits[0]
-
-    def __call__(self, input_ids: Any, attention_mask: Any = None, max_new_tokens: int = 1, **_: Any) -> dict[str, Any]:
-        out = self.generate(input_ids, attention_mask, max_new_tokens=max_new_tokens,
-                            return_dict_in_generate=True, output_logits=True)
-        result = {"sequences": out.sequences}
-        if getattr(out, "logits", None):
-            result["next_token_logits"] = out.logits[0]
-        return result
-
-
-class TnxRunner:
-    """A loaded transformers-neuronx model (legacy): greedy `sequences` only."""
-
-    def __init__(self, model: Any):
-        self.model = model
-
-    def __call__(self, input_ids: Any, attention_mask: Any = None, max_new_tokens: int = 1, **_: Any) -> dict[str, Any]:
-        seq = self.model.sample(input_ids, sequence_length=input_ids.shape[-1] + max_new_tokens, top_k=1)
-        return {"sequences": seq}
