@@ -91,6 +91,14 @@ class Cache:
         env.setdefault("TORCHINDUCTOR_CACHE_DIR", str((self.root / ".inductor").resolve()))
         return env
 
+    def full(self, min_free: int = 1 << 20) -> bool:
+        """Whether this cache's filesystem has less than `min_free` bytes left. Compilers report
+        a full disk in their own words (or die of it), so failures are checked against this."""
+        try:
+            return shutil.disk_usage(self.root).free < min_free
+        except OSError:
+            return False
+
     def entry_dir(self, key: str) -> Path:
         return self.root / key[:2] / key
 

@@ -84,10 +84,19 @@ class ReportConfig:
 
 @dataclass
 class ExecutorConfig:
-    name: str = "local"  # local process pool
+    name: str = "local"  # local (process pool on this machine) | ray (a Ray cluster)
     workers: int = 1  # parallel compiles; compiles are CPU-bound, so 1 is right on small machines
     standby: bool = True  # start the next job's process (imports) while a job compiles; ~250 MB RSS each
     memory_limit_gb: Optional[float] = None  # cap on a worker's address space; past it the job fails "out of memory"
+    jobs_per_process: int = 1  # local: jobs one worker process takes in turn (replaced after a failure/timeout)
+    max_rss_gb: Optional[float] = None  # local: a reused worker is replaced once its RSS passes this
+    address: Optional[str] = None  # ray: "auto", "ray://host:port", or null = a local cluster started for the run
+    num_cpus: float = 1.0  # ray: CPUs each job's task reserves
+    memory_gb: Optional[float] = None  # ray: memory each job's task reserves
+    num_gpus: float = 0.0  # ray: GPUs each job's task reserves
+    resources: Dict[str, float] = field(default_factory=dict)  # ray: custom resources per job, e.g. {neuron_cores: 2}
+    max_calls: int = 8  # ray: jobs one Ray worker process runs before Ray replaces it
+    max_retries: int = 1  # ray: retries for system failures only (node or worker death), never for a failed job
 
 
 @dataclass

@@ -66,7 +66,8 @@ def worker_payload(
 def compile_in_worker(job: dict, cache: Cache) -> dict:
     """Fetch-and-verify or compile-and-verify one job in a fresh worker process; its result."""
     with tempfile.TemporaryDirectory(prefix="pipeline-export-") as work:
-        return run_worker(worker_payload(job, cache), Path(work), job["timeout_s"], env=cache.inductor_env())
+        result, _ = run_worker(worker_payload(job, cache), Path(work), job["timeout_s"], env=cache.inductor_env())
+        return result
 
 
 def obtain(

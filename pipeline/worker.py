@@ -1,15 +1,16 @@
 """One job end to end, in its own process.
 
     python -m pipeline.worker JOB.json RESULT.json
-    python -m pipeline.worker --standby BACKEND   (then one line on stdin: ["JOB.json", "RESULT.json"])
+    python -m pipeline.worker --standby BACKEND   (then jobs on stdin, one line each: ["JOB.json", "RESULT.json"])
 
 `pipeline.executors.processes.run_worker` is the other end: it starts (or hands a job to) such
 a process and waits for it with the job's timeout; the executors and
 `from_pretrained(export=True)` both use it. A worker dies with its parent (`pipeline.lifeline`).
 
 A standby worker pays its imports (torch, transformers, Inductor) before its job is known and
-waits on stdin for exactly one job; the executor starts the next one while the current job
-compiles, so each job still gets its own fresh process without waiting for its imports.
+then takes jobs from stdin; the executor starts the next one while the current job compiles,
+and decides how many jobs one process takes in turn (executor.jobs_per_process): later jobs of
+a process skip the cold start and reuse Inductor's in-memory state.
 
 Under the key's file lock: reuse a sound entry; else take the entry from the shared cache and
 verify it here (it is native code someone else built); else load the model, compute (or
@@ -105,17 +106,47 @@ def out_of_memory(e: BaseException) -> bool:
     return isinstance(e, MemoryError) or any(s in f"{type(e).__name__}: {e}" for s in OUT_OF_MEMORY)
 
 
+FULL_BYTES = 1 << 20  # a filesystem with less free space than this is full for our purposes
+
+
+def full_disk(job: dict) -> str | None:
+    """The folder (cache dir or Inductor's cache) whose filesystem is full, or None. Compilers
+    report a full disk in their own words ("C++ compile error", "file write failed"), so after
+    any failure the filesystems we write to are checked."""
+    for folder in (job["cache_dir"], os.environ.get("TORCHINDUCTOR_CACHE_DIR")):
+        try:
+            if folder and shutil.disk_usage(folder).free < FULL_BYTES:
+                return folder
+        except OSError:
+            continue
+    return None
+
+
+def hit_memory_cap(job: dict) -> bool:
+    """Whether this process's peak address space reached executor.memory_limit_gb: allocations
+    past the cap fail in many shapes (MemoryError, SystemError, a C++ bad_alloc)."""
+    limit = job.get("memory_limit_gb")
+    if not limit:
+        return False
+    try:
+        status = Path("/proc/self/status").read_text()
+        peak_kb = int(status.split("VmPeak:")[1].split()[0])
+    except (OSError, IndexError, ValueError):
+        return False
+    return peak_kb * 1024 >= 0.9 * limit * 1024**3
+
+
 def failure_message(e: BaseException, job: dict) -> str:
     """One line naming what went wrong, with the faults a user acts on named plainly."""
-    if isinstance(e, JobFailed):
-        return str(e.args[0])
-    if isinstance(e, OSError) and e.errno == errno.ENOSPC:
-        return f"no space left on device ({e.filename or 'writing the cache'}); free space or move cache.dir"
-    text = f"{type(e).__name__}: {e}".strip()
-    if out_of_memory(e):
+    text = f"{type(e).__name__}: {e}".strip() if not isinstance(e, JobFailed) else str(e.args[0])
+    full = full_disk(job)
+    if (isinstance(e, OSError) and e.errno == errno.ENOSPC) or full:
+        where = full or e.filename or "the cache"
+        return f"no space left on device ({where}); free space or move cache.dir: {text.splitlines()[0][:200]}"
+    if out_of_memory(e) or hit_memory_cap(job):
         limit = job.get("memory_limit_gb")
         return "out of memory" + (f" (executor.memory_limit_gb={limit})" if limit else "") + f": {text[:300]}"
-    return text.splitlines()[0][:500]
+    return text if isinstance(e, JobFailed) else text.splitlines()[0][:500]
 
 
 def build_artifact(job: dict, cache: Cache, tmp: Path, timings: dict, prebuilt: bool = False) -> dict:
@@ -393,17 +424,6 @@ def _standby_imports(backend: str) -> None:
     get_backend(backend).warm_up()
 
 
-def _standby(backend: str) -> tuple[str, str] | None:
-    """Import what every job needs, then wait for one job on stdin (None on EOF: not needed)."""
-    _standby_imports(backend)
-    line = sys.stdin.readline()
-    if not line.strip():
-        return None
-    job_file, result_file = json.loads(line)
-    _redirect_output(Path(result_file).with_name("worker.log"))  # from here on, output belongs to the job's log
-    return job_file, result_file
-
-
 def _limit_memory(limit_gb: float | None) -> None:
     """executor.memory_limit_gb: cap this process's address space (its compiler children inherit
     the cap); an allocation past it fails and the job's row says "out of memory"."""
@@ -412,23 +432,41 @@ def _limit_memory(limit_gb: float | None) -> None:
         resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
 
 
-def main(argv: list[str]) -> int:
-    watch_parent()
-    warm = argv[0] == "--standby"
-    if warm:
-        handed = _standby(argv[1])
-        if handed is None:
-            return 0
-        argv = list(handed)
-    job = json.loads(Path(argv[0]).read_text())
-    if job.get("memory_limit_gb") and not warm:
-        _standby_imports(job["backend"])  # imports first: the cap is for the job's own work
-    _limit_memory(job.get("memory_limit_gb"))
-    result = run_job(job, warm)
-    out = Path(argv[1])
+def _write_result(result: dict, out: Path) -> None:
     tmp = out.with_name(out.name + ".tmp")
     tmp.write_text(json.dumps(result, indent=1, sort_keys=True))
     os.replace(tmp, out)
+
+
+def serve(backend: str) -> int:
+    """Import what every job needs, then take jobs from stdin, one JSON line each
+    (["JOB.json", "RESULT.json"]), until EOF. The executor decides how many jobs one process
+    takes (executor.jobs_per_process) and closes stdin to let it go."""
+    _standby_imports(backend)
+    served = 0
+    for line in sys.stdin:
+        if not line.strip():
+            continue
+        job_file, result_file = json.loads(line)
+        _redirect_output(Path(result_file).with_name("worker.log"))  # this job's output belongs to its log
+        job = json.loads(Path(job_file).read_text())
+        _limit_memory(job.get("memory_limit_gb"))
+        result = run_job(job, warm_start=True)
+        served += 1
+        result["timings"]["jobs_in_process"] = served
+        _write_result(result, Path(result_file))
+    return 0
+
+
+def main(argv: list[str]) -> int:
+    watch_parent()
+    if argv[0] == "--standby":
+        return serve(argv[1])
+    job = json.loads(Path(argv[0]).read_text())
+    if job.get("memory_limit_gb"):
+        _standby_imports(job["backend"])  # imports first: the cap is for the job's own work
+    _limit_memory(job.get("memory_limit_gb"))
+    _write_result(run_job(job), Path(argv[1]))
     return 0
 
 

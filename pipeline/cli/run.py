@@ -76,7 +76,7 @@ class Interrupts:
     """SIGINT / SIGTERM during a run: the first stops it (children killed, report still written,
     exit 130 / 143); a second Ctrl-C ends the process at once (children killed first)."""
 
-    def __init__(self, executor: LocalExecutor):
+    def __init__(self, executor):
         self.executor = executor
         self.signum: int | None = None
         self.saved: dict[int, object] = {}
@@ -99,6 +99,14 @@ class Interrupts:
         self.executor.stop(f"the run was interrupted ({signal.Signals(signum).name})")
 
 
+def make_executor(cfg: dict, run_dir):
+    if cfg["executor"]["name"] == "ray":
+        from pipeline.executors.ray import RayExecutor  # lazy: ray is an optional extra, imported only when chosen
+
+        return RayExecutor(cfg, run_dir)
+    return LocalExecutor(cfg, run_dir)
+
+
 def run(resolved, jobs: list[dict]) -> int:
     """Execute the plan, publish, write the reports; the exit code. The reports are written
     whatever happens: a signal (exit 130 / 143), an internal error (exit 3)."""
@@ -111,7 +119,7 @@ def run(resolved, jobs: list[dict]) -> int:
         return EXIT_INTERNAL
     print_advice(cfg, jobs)
     progress = Progress(jobs)
-    executor = LocalExecutor(cfg, run_dir)
+    executor = make_executor(cfg, run_dir)
     rows: list[dict | None] = [None] * len(jobs)
     internal = None
 

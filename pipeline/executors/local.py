@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Callable
 
 from pipeline.cache import Cache
-from pipeline.executors.processes import Children, Standby, run_worker
+from pipeline.executors.processes import Children, Standby, Worker, run_worker
 from pipeline.obtain import find, worker_payload
 
 
@@ -55,6 +55,8 @@ class LocalExecutor:
         self.stopped: str | None = None  # why the run was stopped (None: it was not)
         self.interrupted = False  # stopped by a signal: running jobs are interrupted, not failed
         self.lock = threading.Lock()
+        self.mine = threading.local()  # each pool thread's current worker process (reused across jobs)
+        self.workers: set[Worker] = set()
 
     def stop(self, reason: str, interrupt: bool = True) -> None:
         """No new job starts; with `interrupt`, running ones are killed (their whole groups)."""
@@ -71,7 +73,8 @@ class LocalExecutor:
         workers = int(cfg["executor"]["workers"])
         env = self.cache.inductor_env()  # every worker's, standby ones included (they import torch._inductor early)
         size = workers if cfg["executor"].get("standby", True) else 0
-        standby = Standby(size, self.run_dir, cfg["backend"]["name"], env, self.children)
+        capacity = int(cfg["executor"].get("jobs_per_process") or 1)
+        standby = Standby(size, self.run_dir, cfg["backend"]["name"], env, self.children, capacity)
 
         def one(i: int, job: dict) -> None:
             try:
@@ -89,6 +92,8 @@ class LocalExecutor:
                     future.result()
         finally:
             standby.close()
+            for worker in list(self.workers):
+                worker.retire(self.children)
         return rows  # type: ignore[return-value]
 
     def _one(self, i: int, job: dict, jobs: list[dict], env: dict, standby: Standby, on_start: Callable) -> dict:
@@ -120,14 +125,13 @@ class LocalExecutor:
             if self.stopped and self.interrupted:
                 break
             more = i + 1 < len(jobs) and not self.stopped  # later jobs may need a process: start one now
-            result = run_worker(
-                payload,
-                self.run_dir / "jobs" / job["key"][:12],
-                job["timeout_s"],
-                standby.take(more),
-                env,
-                self.children,
-            )
+            result = self._attempt(payload, job, standby, more, env)
+            if result["status"] == "transient" and cache.full():  # it died of the full disk: not transient
+                result = dict(
+                    result,
+                    status="failed",
+                    error=f"no space left on device ({cache.root}); free space or move cache.dir: {result['error']}",
+                )
             if result["status"] != "transient":
                 break
         timings = dict(result.get("timings", {}), wall_s=round(time.perf_counter() - start, 3))
@@ -162,6 +166,31 @@ class LocalExecutor:
         if status == "failed" and cfg["fail_fast"]:
             self.stop("fail_fast stopped the run after a failure", interrupt=False)
         return row
+
+    def _attempt(self, payload: dict, job: dict, standby: Standby, more: bool, env: dict) -> dict:
+        """One attempt in this thread's worker process (reused while it can take jobs), else in
+        a standby one; the process is let go after a failure or past executor.max_rss_gb."""
+        current = getattr(self.mine, "worker", None)
+        result, kept = run_worker(
+            payload,
+            self.run_dir / "jobs" / job["key"][:12],
+            job["timeout_s"],
+            current,
+            env,
+            self.children,
+            start=lambda: standby.take(more) or standby.start(),
+        )
+        max_rss = self.cfg["executor"].get("max_rss_gb")
+        if kept is not None and (result["status"] == "failed" or (max_rss and kept.rss_gb() > max_rss)):
+            kept.retire(self.children)
+            kept = None
+        with self.lock:
+            if current is not None and current is not kept:
+                self.workers.discard(current)
+            if kept is not None:
+                self.workers.add(kept)
+        self.mine.worker = kept
+        return result
 
 
 def execute(jobs: list[dict], cfg: dict, run_dir: Path, on_start: Callable, on_done: Callable) -> list[dict]:

@@ -15,7 +15,9 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
+from typing import Callable
 
 
 class Children:
@@ -66,87 +68,141 @@ def start_worker(args: list[str], log_path: Path, env: dict | None, stdin=None) 
         )
 
 
-class Standby:
-    """Worker processes started ahead of need (`python -m pipeline.worker --standby BACKEND`), each
-    for one job. `take()` hands out a ready one (or None) and starts its replacement while jobs
-    are still to come; `close()` ends the unused ones (EOF on stdin, then kill)."""
+class Worker:
+    """A worker process serving jobs from its stdin (`python -m pipeline.worker --standby`), at
+    most `capacity` of them; stdin is closed after the last so the process exits by itself."""
 
-    def __init__(self, size: int, run_dir: Path, backend: str, env: dict, children: Children):
+    def __init__(self, proc: subprocess.Popen, capacity: int):
+        self.proc, self.capacity, self.jobs = proc, capacity, 0
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def can_take(self) -> bool:
+        return self.proc.poll() is None and self.jobs < self.capacity and not self.proc.stdin.closed
+
+    def send(self, job_file: Path, result_file: Path) -> bool:
+        """Hand one job over; False when the process is gone."""
+        try:
+            self.proc.stdin.write(json.dumps([str(job_file), str(result_file)]).encode() + b"\n")
+            self.proc.stdin.flush()
+            self.jobs += 1
+            if self.jobs >= self.capacity:
+                self.proc.stdin.close()
+            return True
+        except (OSError, ValueError):
+            return False
+
+    def rss_gb(self) -> float:
+        try:
+            status = Path(f"/proc/{self.proc.pid}/status").read_text()
+            return int(status.split("VmRSS:")[1].split()[0]) / 1024**2
+        except (OSError, IndexError, ValueError):
+            return 0.0
+
+    def retire(self, children: Children | None = None) -> None:
+        """Let it go: EOF on stdin (it exits after its current job), killed if it lingers."""
+        try:
+            if not self.proc.stdin.closed:
+                self.proc.stdin.close()
+            self.proc.wait(timeout=5)
+        except (OSError, subprocess.TimeoutExpired):
+            _kill_group(self.proc)
+            self.proc.wait()
+        if children is not None:
+            children.discard(self.proc)
+
+
+class Standby:
+    """Worker processes started ahead of need (`python -m pipeline.worker --standby BACKEND`).
+    `take()` hands out a ready one (or None) and starts its replacement while jobs are still to
+    come; `close()` ends the unused ones (EOF on stdin, then kill)."""
+
+    def __init__(self, size: int, run_dir: Path, backend: str, env: dict, children: Children, capacity: int = 1):
         self.size, self.run_dir, self.backend, self.env, self.children = size, run_dir, backend, env, children
-        self.ready: list[subprocess.Popen] = []
+        self.capacity = capacity
+        self.ready: list[Worker] = []
         self.lock = threading.Lock()
         self.started = 0
 
-    def _start(self) -> subprocess.Popen:
+    def start(self) -> Worker:
+        """A new worker process (not kept ready: the caller uses it now)."""
         logs = self.run_dir / "jobs"
         logs.mkdir(parents=True, exist_ok=True)
-        self.started += 1
-        proc = start_worker(
-            ["--standby", self.backend], logs / f"standby-{self.started - 1}.log", self.env, stdin=subprocess.PIPE
-        )
-        self.children.add(proc)
-        return proc
-
-    def take(self, more_to_come: bool) -> subprocess.Popen | None:
         with self.lock:
-            live = [p for p in self.ready if p.poll() is None]
-            proc = live.pop(0) if live else None
+            self.started += 1
+            n = self.started
+        proc = start_worker(["--standby", self.backend], logs / f"process-{n - 1}.log", self.env, stdin=subprocess.PIPE)
+        self.children.add(proc)
+        return Worker(proc, self.capacity)
+
+    def take(self, more_to_come: bool) -> Worker | None:
+        with self.lock:
+            live = [w for w in self.ready if w.proc.poll() is None]
+            worker = live.pop(0) if live else None
             self.ready = live
-            while more_to_come and len(self.ready) < self.size and not self.children.closed:
-                self.ready.append(self._start())
-            return proc
+            missing = self.size - len(self.ready) if more_to_come and not self.children.closed else 0
+        for _ in range(max(missing, 0)):
+            started = self.start()
+            with self.lock:
+                self.ready.append(started)
+        return worker
 
     def close(self) -> None:
         with self.lock:
-            for proc in self.ready:
-                try:
-                    proc.stdin.close()
-                    proc.wait(timeout=5)
-                except (OSError, subprocess.TimeoutExpired):
-                    _kill_group(proc)
-                    proc.wait()
-                self.children.discard(proc)
-            self.ready = []
+            ready, self.ready = self.ready, []
+        for worker in ready:
+            worker.retire(self.children)
 
 
 def run_worker(
     job: dict,
     work: Path,
     timeout_s: float,
-    standby: subprocess.Popen | None = None,
+    worker: Worker | None = None,
     env: dict | None = None,
     children: Children | None = None,
-) -> dict:
-    """One attempt in a fresh process (a standby one when given, else one started with `env`).
-    A process that died comes back as status 'transient', our timeout as status 'timeout'."""
+    start: Callable[[], Worker] | None = None,
+) -> tuple[dict, Worker | None]:
+    """One attempt of a job in a worker process: `worker` when it can take one, else a new one
+    (from `start`, or a one-job process started with `env`). Returns the result and the worker,
+    still alive for another job, or None when it is gone. A process that died comes back as
+    status 'transient', our timeout as status 'timeout' (its whole group killed)."""
     work.mkdir(parents=True, exist_ok=True)
     job_file, result_file, log_file = work / "job.json", work / "result.json", work / "worker.log"
     job_file.write_text(json.dumps(job))
     result_file.unlink(missing_ok=True)
-    proc = standby
-    if proc is not None:
-        try:
-            proc.stdin.write(json.dumps([str(job_file), str(result_file)]).encode() + b"\n")
-            proc.stdin.close()
-        except OSError:  # it died while waiting: start this job cold
-            proc = None
-    if proc is None:
-        proc = start_worker([str(job_file), str(result_file)], log_file, env)
-        if children is not None:
-            children.add(proc)
-    try:
-        proc.wait(timeout=timeout_s)
-    except subprocess.TimeoutExpired:
-        _kill_group(proc)
-        proc.wait()
-        return {"status": "timeout", "error": f"timed out after {timeout_s:.0f} s (timeout_s); not retried"}
-    finally:
-        if children is not None:
-            children.discard(proc)
-    if result_file.is_file():
-        return json.loads(result_file.read_text())
-    how = (
-        f"killed by signal {-proc.returncode}" if proc.returncode < 0 else f"exited {proc.returncode} without a result"
-    )
-    tail = log_file.read_text(errors="replace").strip().splitlines()[-1:] if log_file.is_file() else []
-    return {"status": "transient", "error": f"worker {how}" + (f": {tail[0][:300]}" if tail else "")}
+    if worker is None or not worker.can_take() or not worker.send(job_file, result_file):
+        if start is not None:
+            worker = start()
+        else:
+            proc = start_worker(["--standby", job["backend"]], log_file, env, stdin=subprocess.PIPE)
+            if children is not None:
+                children.add(proc)
+            worker = Worker(proc, 1)
+        if not worker.send(job_file, result_file):
+            return {"status": "transient", "error": "worker process died before taking the job"}, None
+    deadline = time.monotonic() + timeout_s
+    while not result_file.is_file():
+        if worker.proc.poll() is not None:
+            if result_file.is_file():
+                break
+            code = worker.proc.returncode
+            how = f"killed by signal {-code}" if code < 0 else f"exited {code} without a result"
+            tail = log_file.read_text(errors="replace").strip().splitlines()[-1:] if log_file.is_file() else []
+            if children is not None:
+                children.discard(worker.proc)
+            return {"status": "transient", "error": f"worker {how}" + (f": {tail[0][:300]}" if tail else "")}, None
+        if time.monotonic() > deadline:
+            _kill_group(worker.proc)
+            worker.proc.wait()
+            if children is not None:
+                children.discard(worker.proc)
+            return {"status": "timeout", "error": f"timed out after {timeout_s:.0f} s (timeout_s); not retried"}, None
+        time.sleep(0.05)
+    result = json.loads(result_file.read_text())
+    if not worker.can_take():  # it served its last job: it exits on EOF
+        worker.retire(children)
+        return result, None
+    return result, worker

@@ -205,7 +205,7 @@ def _tmpfs(path: Path, size: str) -> None:
 
 def test_a_full_cache_disk_fails_the_job_plainly_and_leaves_nothing_partial(tmp_path, tiny_models):
     cache = tmp_path / "small"
-    _tmpfs(cache, "3m")
+    _tmpfs(cache, "1m")
     try:
         run = Run(tmp_path, *TINY, "executor.standby=false", cache=cache)
         rc, out = run.finish()
