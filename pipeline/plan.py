@@ -13,8 +13,12 @@ import re
 from pathlib import Path
 from typing import Any, Iterator
 
-from pipeline import keys
+from pipeline import keys, rebuild
 from pipeline.backends import get_backend
+from pipeline.backends.neuron.rules import estimate_parameters
+from pipeline.cache import Cache
+from pipeline.estimate import estimate, static_cost
+from pipeline.history import history
 from pipeline.tasks import TASKS
 
 SHARD = re.compile(r"^\s*(\d+)\s*/\s*(\d+)\s*$")
@@ -136,6 +140,7 @@ def make_job(
         "key": keys.key_of(spec),
         "spec": spec,
         "model": {
+            "params": estimate_parameters(model.config or {}, model.task),
             "name": model.name,
             "id": model.id,
             "path": model.path,
@@ -184,8 +189,40 @@ def plan(resolved) -> list[dict]:
     shard = parse_shard(cfg.get("shard"))
     if shard:
         i, n = shard
-        jobs = [j for j in jobs if int(j["key"], 16) % n == i - 1]
+        jobs = shard_jobs(jobs, n)[i - 1]
     return jobs
+
+
+def annotate(jobs: list[dict], cache: Cache) -> dict:
+    """Each job's cache status, its estimated compile + verify time (with the basis) and, for a
+    miss, why it is rebuilt; plus the totals. The fields go into plan.json."""
+    records = history(cache)
+    totals = {"misses": 0, "miss_s": 0.0, "hits": 0, "hit_saved_s": 0.0}
+    for job in jobs:
+        job["status"] = cache.status(job["key"])
+        est = estimate(job, records)
+        job["estimate"] = est.as_dict()
+        if job["status"] == "hit":
+            totals["hits"] += 1
+            totals["hit_saved_s"] += est.seconds
+        else:
+            totals["misses"] += 1
+            totals["miss_s"] += est.seconds
+            job["rebuild"] = rebuild.reason(job, records)
+    return totals
+
+
+def shard_jobs(jobs: list[dict], n: int) -> list[list[dict]]:
+    """Split the jobs into n shards of about equal estimated cost (largest first, each to the
+    cheapest shard so far), every job in exactly one. History-free (`static_cost`), so every CI
+    machine computes the same partition from the same config; each shard keeps plan order."""
+    load = [0.0] * n
+    owner: dict[str, int] = {}
+    for job in sorted(jobs, key=lambda j: (-static_cost(j), j["key"])):
+        s = min(range(n), key=lambda k: (load[k], k))
+        owner[job["key"]] = s
+        load[s] += static_cost(job)
+    return [[j for j in jobs if owner[j["key"]] == s] for s in range(n)]
 
 
 def describe(job: dict) -> str:

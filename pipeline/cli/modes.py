@@ -14,7 +14,7 @@ from pipeline.cli.console import console, err, print_advice
 from pipeline.cli.run import run
 from pipeline.merge import MergeError, merge_reports
 from pipeline.model_entries import RevisionError
-from pipeline.plan import combinations, plan, write_plan
+from pipeline.plan import annotate, combinations, plan, write_plan
 from pipeline.report import mark_latest, new_run_dir
 from pipeline.validate import ConfigError, validate
 
@@ -58,16 +58,21 @@ def _plan_or_exit(resolved) -> list[dict]:
         raise SystemExit(2)
 
 
+def _minutes(seconds: float) -> str:
+    return f"{seconds / 60:.1f} min" if seconds >= 90 else f"{seconds:.0f} s"
+
+
 def plan_mode(resolved) -> int:
+    cfg = resolved.cfg
     jobs = _plan_or_exit(resolved)
-    cache = Cache(resolved.cfg["cache"]["dir"])
+    totals = annotate(jobs, Cache(cfg["cache"]["dir"]))
     table = Table(title=f"plan: {len(jobs)} jobs")
-    for col in ("#", "model", "task", "batch", "seq", "cast", "backend", "key", "status"):
-        table.add_column(col)
+    for col in ("#", "model", "task", "batch", "seq", "cast", "backend", "key", "status", "est.", "why"):
+        table.add_column(col, overflow="fold")
     counts: dict[str, int] = {}
     shown = 200  # a table of thousands of rows is slow to draw and unreadable: plan.json has them all
     for i, job in enumerate(jobs, 1):
-        status = cache.status(job["key"])
+        status = job["status"]
         counts[status] = counts.get(status, 0) + 1
         if i > shown:
             continue
@@ -82,13 +87,25 @@ def plan_mode(resolved) -> int:
             job["backend"],
             keys.short(job["key"]),
             f"[{style}]{status}[/]",
+            "-" if status == "hit" else _minutes(job["estimate"]["seconds"]),
+            escape((job.get("rebuild") or {}).get("text", "")),
         )
     if len(jobs) > shown:
         table.caption = f"first {shown} of {len(jobs)} jobs; every job is in plan.json"
     console.print(table)
     console.print(", ".join(f"{v} {k}" for k, v in sorted(counts.items())) or "nothing to do")
-    print_advice(resolved.cfg, jobs)
-    run_dir = new_run_dir(resolved.cfg["report"]["dir"])
+    workers = int(cfg["executor"]["workers"])
+    if totals["misses"]:
+        bases = sorted({j["estimate"]["basis"] for j in jobs if j["status"] != "hit"})
+        console.print(
+            f"estimated: {totals['misses']} to build, {_minutes(totals['miss_s'])} of compile + verify, "
+            f"~{_minutes(totals['miss_s'] / workers)} on {workers} worker{'s' * (workers != 1)}; "
+            f"the {totals['hits']} hits save ~{_minutes(totals['hit_saved_s'])} (basis: {'; '.join(bases)})",
+            markup=False,
+            soft_wrap=True,
+        )
+    print_advice(cfg, jobs)
+    run_dir = new_run_dir(cfg["report"]["dir"])
     try:
         write_plan(jobs, run_dir / "plan.json")
     except OSError as e:

@@ -12,9 +12,10 @@ from rich.live import Live
 from rich.table import Table
 
 from pipeline import keys
+from pipeline.cache import Cache
 from pipeline.cli.console import console, err, print_advice, print_lines
 from pipeline.executors.local import LocalExecutor, row_for
-from pipeline.plan import describe, write_plan
+from pipeline.plan import annotate, describe, write_plan
 from pipeline.publish import publish_rows
 from pipeline.report import STATUS_STYLE, new_run_dir, summary_counts, summary_table, write_reports
 
@@ -112,6 +113,7 @@ def run(resolved, jobs: list[dict]) -> int:
     whatever happens: a signal (exit 130 / 143), an internal error (exit 3)."""
     cfg = resolved.cfg
     run_dir = new_run_dir(cfg["report"]["dir"])
+    annotate(jobs, Cache(cfg["cache"]["dir"]))  # estimates and rebuild reasons, in plan.json and the rows
     try:
         write_plan(jobs, run_dir / "plan.json")
     except OSError as e:
@@ -124,6 +126,9 @@ def run(resolved, jobs: list[dict]) -> int:
     internal = None
 
     def done(i: int, row: dict) -> None:
+        if row["status"] != "cached" and jobs[i].get("rebuild"):
+            row["rebuild"] = jobs[i]["rebuild"]["text"]
+        row["estimate"] = jobs[i].get("estimate")
         rows[i] = row
         progress.done(i, row)
 

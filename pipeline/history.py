@@ -1,0 +1,71 @@
+"""What the cache remembers about past builds: each entry's and each failure's spec and timings.
+
+Read by the planner to estimate what a plan will cost (`pipeline.estimate`) and to say why a
+miss is rebuilt (`pipeline.rebuild`). Fetched entries are left out of timings: a download is
+not what a compile costs.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from pipeline.cache import MANIFEST, Cache
+
+TIMING_PARTS = ("load_s", "reference_s", "compile_s", "verify_s")
+
+
+@dataclass
+class Record:
+    key: str
+    model: str
+    backend: str
+    task: str
+    cast_type: str
+    shapes: dict
+    params: int | None
+    seconds: float | None  # compile + verify, None when not recorded (or fetched)
+    spec: dict
+    when: str  # created_at / failed_at, ISO
+    source: str  # "entry" | "failure"
+
+
+def seconds_of(timings: dict) -> float | None:
+    if timings.get("total_s"):
+        return float(timings["total_s"])
+    parts = [timings[k] for k in TIMING_PARTS if isinstance(timings.get(k), (int, float))]
+    return float(sum(parts)) if parts else None
+
+
+def tokens_of(shapes: dict) -> int:
+    return max(1, int(shapes.get("batch_size") or 1) * int(shapes.get("sequence_length") or 1))
+
+
+def history(cache: Cache) -> list[Record]:
+    """Every entry and failure record of the cache, oldest first."""
+    out = []
+    sources = [(p, "entry") for p in cache.root.glob(f"??/*/{MANIFEST}")]
+    sources += [(p, "failure") for p in (cache.root / ".failures").glob("*.json")]
+    for path, source in sources:
+        try:
+            data = json.loads(Path(path).read_text())
+            spec = data["spec"]
+            model = data.get("model") or {}
+            record = Record(
+                key=data.get("key") or (Path(path).parent.name if source == "entry" else Path(path).stem),
+                model=model.get("name") or spec["model"]["id"],
+                backend=spec["backend"]["name"],
+                task=spec["task"],
+                cast_type=spec["cast_type"],
+                shapes=spec["shapes"],
+                params=model.get("params"),
+                seconds=None if data.get("fetched_from") else seconds_of(data.get("timings") or {}),
+                spec=spec,
+                when=str(data.get("created_at") or data.get("failed_at") or ""),
+                source=source,
+            )
+        except (OSError, ValueError, KeyError, TypeError, AttributeError):
+            continue  # an unreadable record is no history
+        out.append(record)
+    return sorted(out, key=lambda r: r.when)
