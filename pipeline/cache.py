@@ -134,7 +134,7 @@ class Cache:
         problem = check_integrity(folder, manifest)
         if problem is not None:
             if locked:
-                self._discard(folder)
+                self.discard(folder)
             return None, f"cache entry {key[:12]} failed its integrity check ({problem}); rebuilding"
         (folder / LAST_USED).touch()
         return folder, None
@@ -179,12 +179,12 @@ class Cache:
         dest = self.entry_dir(key)
         dest.parent.mkdir(parents=True, exist_ok=True)
         if dest.exists():
-            self._discard(dest)
+            self.discard(dest)
         os.rename(tmp, dest)
         self.clear_failure(key)
         return dest
 
-    def _discard(self, folder: Path) -> None:
+    def discard(self, folder: Path) -> None:
         """Move aside first (atomic), then delete, so a reader never sees a half-deleted entry."""
         trash = self.root / ".tmp" / f"discard-{folder.name}-{os.getpid()}-{time.time_ns()}"
         trash.parent.mkdir(parents=True, exist_ok=True)
@@ -214,47 +214,3 @@ class Cache:
     # ---- garbage collection
     def entries(self) -> list[Path]:
         return [p.parent for p in self.root.glob(f"??/*/{MANIFEST}")]
-
-    def gc(self, max_size_bytes: int, stale_tmp_hours: float) -> dict:
-        """Remove stale temp dirs, then least-recently-used entries until under the cap."""
-        removed_tmp, skipped_locked = 0, []
-        cutoff = time.time() - stale_tmp_hours * 3600
-        for p in sorted((self.root / ".tmp").glob("*")) if (self.root / ".tmp").is_dir() else []:
-            key = p.name.split("-", 1)[0]
-            if len(key) == 64:  # a build dir <key>-<rand>: stale only if nobody holds the key's lock
-                if not self.clear_stale_tmp_locked(key, timeout=0):
-                    skipped_locked.append(key)
-                    continue
-                removed_tmp += 1
-            elif p.exists() and p.stat().st_mtime < cutoff:  # discard-* left by a crash
-                shutil.rmtree(p, ignore_errors=True)
-                removed_tmp += 1
-
-        def size(folder: Path) -> int:
-            return sum(f.stat().st_size for f in folder.rglob("*") if f.is_file())
-
-        def last_used(folder: Path) -> float:
-            marker = folder / LAST_USED
-            return marker.stat().st_mtime if marker.exists() else (folder / MANIFEST).stat().st_mtime
-
-        entries = sorted(((last_used(e), size(e), e) for e in self.entries()), key=lambda t: t[0])
-        total = sum(s for _, s, _ in entries)
-        removed = []
-        for _, s, e in entries:
-            if total <= max_size_bytes:
-                break
-            try:
-                with self.lock(e.name, timeout=0):  # in use by another process: never touched
-                    self._discard(e)
-            except Timeout:
-                skipped_locked.append(e.name)
-                continue
-            total -= s
-            removed.append(e.name)
-        return {
-            "removed_entries": removed,
-            "removed_tmp": removed_tmp,
-            "skipped_locked": sorted(set(skipped_locked)),
-            "size_bytes": total,
-            "kept": len(entries) - len(removed),
-        }

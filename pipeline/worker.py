@@ -192,6 +192,7 @@ def _reference(job: dict, cache: Cache, timings: dict):
     ref_path = verify.reference_path(cache.root, spec, seed, job["verify"]["generate_tokens"] if task.decoder else None)
     t = time.perf_counter()
     if ref_path.is_file():
+        os.utime(ref_path)  # used: gc keeps the most recently used references
         saved = verify.load_tensors(ref_path)
         inputs = {k[3:]: v for k, v in saved.items() if k.startswith("in.")}
         reference = {k[4:]: v for k, v in saved.items() if k.startswith("ref.")}

@@ -5,11 +5,13 @@ from __future__ import annotations
 import json
 import os
 import time
+from pathlib import Path
 
 import pytest
 import torch
 
 from pipeline.cache import Cache, check_integrity
+from pipeline.gc import gc
 from pipeline.verify import gate, output_metrics
 
 KEY = "ab" + "0" * 62
@@ -40,6 +42,10 @@ def test_tampered_file_is_detected_and_entry_discarded(tmp_path):
     _entry(cache, KEY)
     (tmp_path / "ab" / KEY / "model.pt2").write_bytes(b"weightz")  # same size, other bytes
     folder, why = cache.lookup(KEY)
+    assert folder is None and "model.pt2: sha256 mismatch" in why
+    assert (tmp_path / "ab" / KEY).exists(), "only a holder of the key's lock may remove an entry"
+    with cache.lock(KEY):
+        folder, why = cache.lookup(KEY, locked=True)
     assert folder is None and "model.pt2: sha256 mismatch" in why
     assert not (tmp_path / "ab" / KEY).exists()
     assert cache.status(KEY) == "miss"
@@ -73,14 +79,29 @@ def test_gc_prunes_least_recently_used_and_stale_tmp(tmp_path):
         marker.touch()
         os.utime(marker, (old + age, old + age))
     cache.lookup(keys[0])  # use it now: it becomes the most recent
-    stale = cache.new_tmp("dead" + "0" * 60)
-    os.utime(stale, (old - 7 * 3600, old - 7 * 3600))
-    fresh = cache.new_tmp("live" + "0" * 60)
+    dead = cache.new_tmp("dead" + "0" * 60)  # a build dir whose builder is gone (its lock is free)
+    building = cache.new_tmp("b1dd" + "0" * 60)  # a build dir whose builder holds its key's lock
+    leftover = Path(tmp_path / ".tmp" / "discard-x-1-2")
+    leftover.mkdir()
+    os.utime(leftover, (old - 7 * 3600, old - 7 * 3600))
     per_entry = sum(f.stat().st_size for f in (tmp_path / keys[0][:2] / keys[0]).rglob("*") if f.is_file())
-    result = cache.gc(max_size_bytes=per_entry + 10, stale_tmp_hours=6)
+    with cache.lock("b1dd" + "0" * 60):
+        result = gc(cache, max_size_bytes=per_entry + 10, stale_tmp_hours=6)
     assert result["removed_entries"] == [keys[1], keys[2]]
     assert cache.status(keys[0]) == "hit"
-    assert not stale.exists() and fresh.exists()
+    assert not dead.exists() and not leftover.exists() and building.exists()
+    assert "b1dd" + "0" * 60 in result["skipped_locked"]
+
+
+def test_gc_never_touches_a_locked_entry(tmp_path):
+    cache = Cache(tmp_path)
+    keys = [f"{i:02x}" + "2" * 62 for i in range(2)]
+    for k in keys:
+        _entry(cache, k, b"x" * 1000)
+    with cache.lock(keys[0]):  # another process is using it
+        result = gc(cache, max_size_bytes=0, stale_tmp_hours=6)
+    assert result["removed_entries"] == [keys[1]] and result["skipped_locked"] == [keys[0]]
+    assert cache.status(keys[0]) == "hit"
 
 
 def test_lock_is_exclusive_across_holders(tmp_path):

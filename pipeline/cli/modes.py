@@ -12,6 +12,8 @@ from pipeline import keys
 from pipeline.cache import Cache
 from pipeline.cli.console import console, err, print_advice
 from pipeline.cli.run import run
+from pipeline.gc import describe as describe_gc
+from pipeline.gc import gc
 from pipeline.merge import MergeError, merge_reports
 from pipeline.model_entries import RevisionError
 from pipeline.plan import annotate, combinations, plan, write_plan
@@ -214,9 +216,7 @@ def merge_mode(cfg: dict) -> int:
 
 
 def gc_mode(cfg: dict) -> int:
-    result = Cache(cfg["cache"]["dir"]).gc(int(cfg["cache"]["max_size_gb"] * 1e9), cfg["cache"]["stale_tmp_hours"])
-    console.print(
-        f"gc: removed {len(result['removed_entries'])} entries and {result['removed_tmp']} temp dirs; "
-        f"{result['kept']} entries kept, {result['size_bytes'] / 1e6:.1f} MB"
-    )
+    cache = Cache(cfg["cache"]["dir"])
+    result = gc(cache, int(cfg["cache"]["max_size_gb"] * 1e9), cfg["cache"]["stale_tmp_hours"])
+    console.print(describe_gc(result), markup=False)
     return 0

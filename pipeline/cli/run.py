@@ -15,6 +15,8 @@ from pipeline import keys
 from pipeline.cache import Cache
 from pipeline.cli.console import console, err, print_advice, print_lines
 from pipeline.executors.local import LocalExecutor, row_for
+from pipeline.gc import describe as describe_gc
+from pipeline.gc import gc
 from pipeline.plan import annotate, describe, write_plan
 from pipeline.publish import publish_rows
 from pipeline.report import STATUS_STYLE, new_run_dir, summary_counts, summary_table, write_reports
@@ -155,6 +157,12 @@ def run(resolved, jobs: list[dict]) -> int:
             err.print(f"[bold red]could not write the reports[/] in {run_dir}: {e}", soft_wrap=True)
             return EXIT_INTERNAL
     console.print(summary_table(final))
+    cap = int(cfg["cache"]["max_size_gb"] * 1e9)
+    cache = Cache(cfg["cache"]["dir"])
+    if not executor.interrupted and cache.root.is_dir():  # keep the cache under its cap after every run
+        collected = gc(cache, cap, cfg["cache"]["stale_tmp_hours"])
+        if any(collected["removed"].values()):
+            console.print(describe_gc(collected) + f" (cache.max_size_gb={cfg['cache']['max_size_gb']})", markup=False)
     s = report["summary"]
     console.print(summary_counts(s) + f"; reports in {run_dir}", markup=False)
     if interrupts.signum is not None:
