@@ -98,6 +98,25 @@ class _HubSource:
             return False
         return True
 
+    def platforms(self) -> list[str]:
+        """The top-level folders (platform tags), one listing call."""
+        from huggingface_hub.hf_api import RepoFolder
+
+        tree = _call(
+            lambda: list(self.api.list_repo_tree(self.repo, revision=self.commit)),
+            "listing",
+            self.repo,
+            self.api.endpoint,
+        )
+        return sorted(f.path for f in tree if isinstance(f, RepoFolder))
+
+    def read(self, path: str) -> bytes | None:
+        import tempfile
+
+        with tempfile.TemporaryDirectory() as tmp:
+            got = self.get(path, Path(tmp))
+            return got.read_bytes() if got is not None else None
+
     def get(self, path: str, dest: Path) -> Path | None:
         """Download `path` (at the pinned commit) under dest; None when it does not exist."""
         from huggingface_hub.errors import RemoteEntryNotFoundError, RepositoryNotFoundError
@@ -121,6 +140,13 @@ class _LocalSource:
     def open(self) -> bool:
         return self.root.is_dir()
 
+    def platforms(self) -> list[str]:
+        return sorted(p.name for p in self.root.iterdir() if p.is_dir() and not p.name.startswith("."))
+
+    def read(self, path: str) -> bytes | None:
+        src = self.root / path
+        return src.read_bytes() if src.is_file() else None
+
     def get(self, path: str, dest: Path) -> Path | None:
         src = self.root / path
         if not src.is_file():
@@ -139,6 +165,73 @@ def _source(publish_cfg: dict | None):
     if name == "hub" and pc.get("cache_repo"):
         return None if offline() else _HubSource(pc)
     return None
+
+
+INDEX = "index.json"  # <platform-tag>/index.json: every entry under that tag, one small file
+
+
+def index_row(manifest: dict, size_bytes: int | None = None) -> dict:
+    """An entry's line in its platform's index: what `mode=ls` and planners need, no files."""
+    spec = manifest["spec"]
+    tc = spec.get("toolchain") or {}
+    metrics = {}
+    for name, m in (manifest.get("metrics") or {}).items():
+        if isinstance(m, dict):
+            metrics[name] = {k: m[k] for k in ("cosine", "max_abs", "token_agreement") if k in m}
+    return {
+        "key": manifest["key"],
+        "model": (manifest.get("model") or {}).get("name") or spec["model"]["id"],
+        "model_id": spec["model"]["id"],
+        "revision": spec["model"].get("revision"),
+        "task": spec["task"],
+        "shapes": spec["shapes"],
+        "cast_type": spec["cast_type"],
+        "backend": spec["backend"]["name"],
+        "platform": platform_tag(spec),
+        "toolchain": ", ".join(f"{k} {tc[k]}" for k in ("torch", "transformers", "neuronx-cc") if k in tc),
+        "metrics": "; ".join(f"{n} " + " ".join(f"{k} {v:.6g}" for k, v in m.items()) for n, m in metrics.items()),
+        "size_bytes": size_bytes
+        if size_bytes is not None
+        else sum(f["size"] for f in (manifest.get("files") or {}).values()),
+        "created_at": manifest.get("created_at"),
+        "spec": spec,
+    }
+
+
+def merged_index(old: bytes | None, rows: list[dict]) -> bytes:
+    """The index file with `rows` added (a row for a key replaces the old one); deterministic
+    bytes, so re-publishing the same entries leaves the file as it was (no commit)."""
+    entries = {}
+    if old:
+        try:
+            entries = json.loads(old).get("entries") or {}
+        except (ValueError, AttributeError):
+            entries = {}  # a broken index is rebuilt from what is published now
+    for row in rows:
+        entries[row["key"]] = row
+    return (json.dumps({"version": 1, "entries": entries}, indent=1, sort_keys=True) + "\n").encode()
+
+
+def read_index(publish_cfg: dict | None) -> list[dict]:
+    """Every row of every platform index of the configured shared cache: one small download per
+    platform tag, never a walk over the entries. Empty when none is configured or reachable."""
+    src = _source(publish_cfg)
+    if src is None:
+        return []
+    rows = []
+    try:
+        if not src.open():
+            return []
+        for tag in src.platforms():
+            data = src.read(f"{tag}/{INDEX}")
+            if data:
+                try:
+                    rows += list((json.loads(data).get("entries") or {}).values())
+                except (ValueError, AttributeError):
+                    continue
+    except (PublishError, OSError):
+        return rows
+    return rows
 
 
 def describe(publish_cfg: dict | None) -> str | None:

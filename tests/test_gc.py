@@ -5,6 +5,7 @@ and a later plan rebuilds exactly what gc removed."""
 from __future__ import annotations
 
 import json
+import os
 import shutil
 
 from conftest import run_cli
@@ -24,8 +25,6 @@ def test_gc_caps_every_part_of_the_cache_and_a_rerun_rebuilds_only_what_it_remov
     entries = sorted(cache.entries(), key=lambda e: e.name)
     held = entries[0].name  # the least recently used one might be the first removed: hold it
     (entries[0] / ".last_used").touch()
-    import os
-
     os.utime(entries[0] / ".last_used", (0, 0))
     cap = total // 2
     with cache.lock(held):

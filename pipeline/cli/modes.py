@@ -14,13 +14,14 @@ from pipeline.cli.console import console, err, print_advice
 from pipeline.cli.run import run
 from pipeline.gc import describe as describe_gc
 from pipeline.gc import gc
+from pipeline.listing import age, local_variants, shared_variants
 from pipeline.merge import MergeError, merge_reports
 from pipeline.model_entries import RevisionError
 from pipeline.plan import annotate, combinations, plan, write_plan
 from pipeline.report import mark_latest, new_run_dir
 from pipeline.validate import ConfigError, validate
 
-NEEDS_NO_VALIDATION = ("gc", "explain", "merge")  # modes that read the cache or reports, not the matrix
+NEEDS_NO_VALIDATION = ("gc", "explain", "merge", "ls")  # modes that read the cache or reports, not the matrix
 
 
 def dispatch(cfg: dict, model_choice: str | None = None) -> int:
@@ -47,6 +48,8 @@ def dispatch(cfg: dict, model_choice: str | None = None) -> int:
         return explain_mode(cfg)
     if mode == "gc":
         return gc_mode(cfg)
+    if mode == "ls":
+        return ls_mode(cfg)
     if mode == "merge":
         return merge_mode(cfg)
     return run(resolved, _plan_or_exit(resolved))
@@ -213,6 +216,24 @@ def merge_mode(cfg: dict) -> int:
         markup=False,
     )
     return 0 if s["ok"] else 1
+
+
+def ls_mode(cfg: dict) -> int:
+    """mode=ls [model=ID]: the cached variants, local (and shared, when its index is readable)."""
+    model = cfg.get("model") if isinstance(cfg.get("model"), str) else None
+    variants = local_variants(Cache(cfg["cache"]["dir"]), model)
+    variants += shared_variants(cfg["publish"], model)
+    table = Table(title=f"{len(variants)} cached variants" + (f" of {model}" if model else ""))
+    for col in ("where", "model", "task", "batch", "seq", "cast", "backend", "platform", "toolchain", "verified",
+                "size", "age", "key"):
+        table.add_column(col, overflow="fold")
+    for v in sorted(variants, key=lambda v: (v.model, v.task, v.cast_type, str(v.shapes), v.where)):
+        table.add_row(v.where, v.model, v.task, str(v.shapes.get("batch_size")), str(v.shapes.get("sequence_length")),
+                      v.cast_type, v.backend, v.platform, v.toolchain, v.metrics,
+                      f"{v.size_bytes / 1e6:.1f} MB" if v.size_bytes is not None else "-", age(v.created_at),
+                      keys.short(v.key))
+    console.print(table)
+    return 0
 
 
 def gc_mode(cfg: dict) -> int:
