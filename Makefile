@@ -4,14 +4,14 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 TORCH  := torch==2.13.0
 
-.PHONY: venv demo test test-fast tiny-models bench clean
+.PHONY: venv demo test test-fast test-reliability lint tiny-models bench clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	# torch first, pinned: a bare `torch` requirement would pull a multi-GB CUDA build.
 	$(PY) -m pip install -q $(TORCH)
-	$(PY) -m pip install -q -e '.[test]'
+	$(PY) -m pip install -q -e '.[test,ray]'
 	touch $@
 
 venv: $(VENV)/.installed
@@ -27,6 +27,12 @@ test: venv
 
 test-fast: venv
 	HF_HUB_OFFLINE=1 $(PY) -m pytest -q -m "not slow"
+
+test-reliability: venv   # the faults produced for real (signals, kills, full disks, Hub errors)
+	HF_HUB_OFFLINE=1 $(PY) -m pytest -q -m reliability
+
+lint: venv
+	$(PY) -m ruff check pipeline tests bench
 
 bench: tiny-models   # the quick benches; bench/latency_bench.py (needs `pip install -e '.[bench]'`) takes ~30 min
 	HF_HUB_OFFLINE=1 $(PY) bench/plan_bench.py

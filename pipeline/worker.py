@@ -227,6 +227,7 @@ def _compile(job: dict, tmp: Path, timings: dict, backend, model, tokenizer, inp
         msg = str(e).strip().splitlines()
         raise JobFailed(f"compile failed: {type(e).__name__}: {msg[0] if msg else ''}"[:500]) from e
     timings["compile_s"] = round(time.perf_counter() - t, 3)
+    timings.update(section.pop("timings", None) or {})  # the backend's phases (export_s, lower_s, cxx_s, ...)
     config = model.config.to_dict()
     config.update(section)
     config["pipeline"] = {
