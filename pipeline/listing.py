@@ -1,5 +1,5 @@
 """What is cached: the variants of the local cache (and of the shared cache, through its index),
-for `mode=ls [model=ID]`."""
+for `mode=ls [+model=NAME]`."""
 
 from __future__ import annotations
 

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from pipeline import keys
 from pipeline.cache import MANIFEST, check_integrity
-from pipeline.hub import PublishError, _call, _head, hub_api, scrub
+from pipeline.hub import FileSpec, PublishError, _call, _head, hub_api, read_file, scrub
 from pipeline.model_entries import offline
 
 
@@ -210,6 +210,17 @@ def merged_index(old: bytes | None, rows: list[dict]) -> bytes:
     for row in rows:
         entries[row["key"]] = row
     return (json.dumps({"version": 1, "entries": entries}, indent=1, sort_keys=True) + "\n").encode()
+
+
+def index_update(api, repo: str, rows_by_tag: dict[str, list[dict]]):
+    """For hub.commit_files(derived=...): each platform's index at the commit being extended,
+    with these rows merged in, committed together with the entries it names."""
+
+    def derive(head: str) -> list[FileSpec]:
+        return [FileSpec.of_bytes(f"{tag}/{INDEX}", merged_index(read_file(api, repo, f"{tag}/{INDEX}", head), rows))
+                for tag, rows in rows_by_tag.items()]  # fmt: skip
+
+    return derive
 
 
 def read_index(publish_cfg: dict | None) -> list[dict]:

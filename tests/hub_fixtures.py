@@ -1,6 +1,8 @@
-"""tests/hubserver.py as a subprocess (so a test can kill it mid-commit), and a session server.
+"""tests/hubserver.py as a subprocess (so a test can kill it mid-commit), a session server,
+and one compiled cache entry for publisher tests.
 
-Import the fixture into a test module: ``from hub_fixtures import hub, HubProc, TOKEN``.
+Import the fixtures into a test module: ``from hub_fixtures import hub, HubProc, TOKEN``
+(and ``one_entry``, which needs conftest's ``tiny_models``).
 """
 
 from __future__ import annotations
@@ -71,6 +73,9 @@ class HubProc:
     def faults(self, **cfg) -> dict:
         return self.test_api("/_test/faults", cfg)
 
+    def clear_faults(self) -> dict:
+        return self.test_api("/_test/faults", method="DELETE")
+
     def stats(self) -> dict:
         return self.test_api("/_test/stats")
 
@@ -91,3 +96,20 @@ def hub(tmp_path_factory):
     p = HubProc(tmp_path_factory.mktemp("hubroot"))
     yield p
     p.stop()
+
+
+ONE_JOB = ["matrix.models=[tiny-bert]", "matrix.cast_types=[fp32]", "matrix.shapes=[{batch_size:1,sequence_length:16}]"]
+
+
+@pytest.fixture(scope="session")
+def one_entry(tiny_models, tmp_path_factory):
+    """ONE compiled and verified entry (tiny-bert, b1 s16, fp32), in a cache under the test dir
+    so that later sessions (and a second module importing this fixture) only get a cache hit.
+    Tests that change the cache copy it first. Returns {cache, jobs, rows}."""
+    from conftest import TEST_DIR, cli_env, latest_report, run_cli
+
+    cache, runs = TEST_DIR / "publish-entry" / "cache", tmp_path_factory.mktemp("one-entry-runs")
+    proc = run_cli(*ONE_JOB, f"cache.dir={cache}", f"report.dir={runs}", "publish=none", env=cli_env(), timeout=900)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    jobs = json.loads((runs / "latest" / "plan.json").read_text())["jobs"]
+    return {"cache": cache, "jobs": jobs, "rows": latest_report(runs)["jobs"]}

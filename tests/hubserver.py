@@ -25,14 +25,30 @@ endpoint answers 200 directly (no CDN redirect) with ``ETag`` = git blob oid.
 Test-only endpoints (no auth):
 
 * ``POST /_test/faults`` json ``{"commit_status": [500, 429], "commit_delay_s": 2.0}``
-  replaces the fault config. ``<route>_status`` (route in ROUTES, e.g. ``commit``,
-  ``preupload``, ``resolve``, ``info``, ``tree``) fails the next N requests of that route
-  with those statuses, one per request. ``commit_delay_s`` sleeps in every commit after the
-  blobs are stored and before the state is replaced (so a test can kill the server
-  mid-commit). ``GET`` returns the current config, ``DELETE`` (or POST ``{}``) clears it.
+  replaces the fault config. Per route (a name in ROUTES, e.g. ``commit``, ``preupload``,
+  ``resolve``, ``info``, ``tree``), each a list applied to the next requests of that route,
+  one item per request:
+
+  - ``<route>_status``: answer with that HTTP status (429/503 carry ``Retry-After``: the
+    ``retry_after`` value, default "0"; 412 carries the stale-parent message);
+  - ``<route>_slow_s``: sleep that many seconds before handling the request (a client with
+    a shorter timeout gives up; the request is then handled as usual, answer unread);
+  - ``<route>_reset``: ``"mid-body"`` reads half the request body, then resets the
+    connection (TCP RST, no answer); ``"after"`` handles the request (a commit is applied),
+    then resets instead of answering.
+
+  ``commit_race``: N: the next N commits meet a concurrent writer: just before their parent
+  is checked, another commit (same tree, summary "concurrent writer") lands on the branch, so
+  a commit naming the old head as parent gets the real 412. ``commit_delay_s`` sleeps in
+  every commit after the blobs are stored and before the state is replaced (so a test can
+  kill the server mid-commit). ``GET`` returns the current config, ``DELETE`` (or POST
+  ``{}``) clears it.
+* ``PUT /api/models/<ns>/<name>/settings`` (the Hub's, as ``HfApi.update_repo_settings``
+  sends it): ``gated`` ("auto" / "manual" / false) and ``visibility`` / ``private``; repo info
+  reports ``gated`` and ``private``.
 * ``GET /_test/stats`` -> ``{"commits": {repo: n}, "commit_requests": {repo: n},
-  "faults_injected": n, "requests": {route: n}}`` (counts since server start; repo keys are
-  ``ns/name`` for models and ``datasets/ns/name`` etc. otherwise).
+  "commit_request_times": {repo: [unix time, ...]}, "faults_injected": n, "requests": {route: n}}``
+  (since server start; repo keys are ``ns/name`` for models and ``datasets/ns/name`` etc.).
 
 Run: ``python tests/hubserver.py --port 0 --root DIR [--token TOKEN]``; the first stdout
 line is the base URL. SIGTERM/SIGINT shut it down cleanly (exit code 0). In-process:
@@ -53,6 +69,8 @@ import json
 import os
 import re
 import signal
+import socket
+import struct
 import sys
 import tempfile
 import threading
@@ -85,6 +103,12 @@ REPO_TYPES = {"model": "", "dataset": "datasets/", "space": "spaces/", "kernel":
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,95}$")
 _SHA1_RE = re.compile(r"^[0-9a-f]{40}$")
 WRITE_METHODS = ("POST", "PUT", "DELETE", "PATCH")
+FAULT_LISTS = ("_status", "_slow_s", "_reset")  # per-route fault queues
+RESET_MODES = ("mid-body", "after")
+
+
+class _Reset(Exception):
+    """The handler reset the connection on purpose: nothing more is sent."""
 
 
 class HubError(Exception):
@@ -296,7 +320,8 @@ class HubServer(ThreadingHTTPServer):
         self.verbose = verbose
         self.faults_lock = threading.Lock()
         self.faults: dict = {}
-        self.stats = {"commits": {}, "commit_requests": {}, "faults_injected": 0, "requests": {}}
+        self.stats = {"commits": {}, "commit_requests": {}, "commit_request_times": {}, "faults_injected": 0,
+                      "requests": {}}  # fmt: skip
 
     @property
     def url(self) -> str:
@@ -307,14 +332,22 @@ class HubServer(ThreadingHTTPServer):
         with self.faults_lock:
             self.stats[group][key] = self.stats[group].get(key, 0) + 1
 
-    def take_fault(self, route: str) -> int | None:
-        """Pop the next injected status for ``route`` (None when no fault is pending)."""
+    def take_fault(self, route: str, kind: str = "_status"):
+        """Pop the next injected ``<route><kind>`` fault (None when none is pending)."""
         with self.faults_lock:
-            queue = self.faults.get(route + "_status")
+            queue = self.faults.get(route + kind)
             if queue:
                 self.stats["faults_injected"] += 1
-                return int(queue.pop(0))
+                return queue.pop(0)
         return None
+
+    def take_race(self) -> bool:
+        with self.faults_lock:
+            if int(self.faults.get("commit_race") or 0) > 0:
+                self.faults["commit_race"] = int(self.faults["commit_race"]) - 1
+                self.stats["faults_injected"] += 1
+                return True
+        return False
 
 
 class HubHandler(BaseHTTPRequestHandler):
@@ -341,6 +374,23 @@ class HubHandler(BaseHTTPRequestHandler):
     def do_DELETE(self):
         self._handle("DELETE")
 
+    @property
+    def body(self) -> bytes:
+        """The request body, read on first use (a reset fault may read only part of it)."""
+        if self._body is None:
+            self._body = self._read_body()
+        return self._body
+
+    def _reset(self, partial: bool) -> None:
+        """Drop the connection with a TCP RST, after reading half the body when `partial`."""
+        if partial and self._body is None:
+            self.rfile.read(int(self.headers.get("Content-Length") or 0) // 2)
+        self.close_connection = True
+        self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        self.rfile.close()
+        self.connection.close()
+        raise _Reset()
+
     def _read_body(self) -> bytes:
         """Always consume the body, even for requests we reject, so keep-alive stays in sync."""
         if "chunked" in (self.headers.get("Transfer-Encoding") or "").lower():
@@ -363,6 +413,9 @@ class HubHandler(BaseHTTPRequestHandler):
     def _send(
         self, status: int, body: bytes = b"", content_type: str = "application/json", headers: dict | None = None
     ) -> None:
+        _ = self.body  # consume the request body first: keep-alive stays in sync
+        if self._reset_after:
+            self._reset(partial=False)
         self.send_response(status)
         self.send_header("Content-Type", content_type)
         self.send_header("Content-Length", str(len(body)))
@@ -384,14 +437,16 @@ class HubHandler(BaseHTTPRequestHandler):
         self._json(err.body or {"error": err.message}, err.status, headers)
 
     def _handle(self, method: str) -> None:
+        self._body, self._reset_after = None, False
         try:
-            self.body = self._read_body()
             raw_path, _, query = self.path.partition("?")
             self.query = parse_qs(query, keep_blank_values=True)
             segs = [unquote(s) for s in raw_path.split("/")[1:]]
             if segs and segs[-1] == "" and len(segs) > 1:
                 segs = segs[:-1]
             self._route(method, segs)
+        except _Reset:
+            return
         except HubError as e:
             self._error(e)
         except (json.JSONDecodeError, binascii.Error) as e:  # malformed request body
@@ -423,11 +478,21 @@ class HubHandler(BaseHTTPRequestHandler):
         return given is not None
 
     def _fault(self, route: str) -> None:
-        self.server.bump("requests", route)
-        status = self.server.take_fault(route)
+        srv = self.server
+        srv.bump("requests", route)
+        slow = srv.take_fault(route, "_slow_s")
+        if slow:
+            time.sleep(float(slow))
+        reset = srv.take_fault(route, "_reset")
+        if reset == "mid-body":
+            self._reset(partial=True)
+        self._reset_after = reset == "after"
+        status = srv.take_fault(route)
         if status is not None:
+            status = int(status)
             msg = STALE_PARENT_MESSAGE if status == 412 else f"Injected fault ({status}) on {route}"
-            raise HubError(status, msg, headers={"Retry-After": "0"} if status in (429, 503) else None)
+            retry_after = {"Retry-After": str(srv.faults.get("retry_after", "0"))}
+            raise HubError(status, msg, headers=retry_after if status in (429, 503) else None)
 
     # ---- routing
     def _route(self, method: str, s: list[str]) -> None:
@@ -473,6 +538,8 @@ class HubHandler(BaseHTTPRequestHandler):
         if method == "POST" and head == "commit" and len(rest) == 2:
             key = REPO_TYPES[repo_type] + repo_id
             self.server.bump("commit_requests", key)
+            with self.server.faults_lock:
+                self.server.stats["commit_request_times"].setdefault(key, []).append(time.time())
             self._fault("commit")
             return self._commit(repo_type, repo_id, rest[1], key)
         if method == "GET" and head == "tree" and len(rest) >= 2:
@@ -490,6 +557,8 @@ class HubHandler(BaseHTTPRequestHandler):
         if head == "branch" and len(rest) == 2 and method in ("POST", "DELETE"):
             self._fault("branch")
             return self._branch(method, repo_type, repo_id, rest[1])
+        if rest == ["settings"] and method == "PUT":
+            return self._settings(repo_type, repo_id)
         if head == "tag" and len(rest) == 2 and method in ("POST", "DELETE"):
             self._fault("tag")
             return self._tag(method, repo_type, repo_id, rest[1])
@@ -557,6 +626,20 @@ class HubHandler(BaseHTTPRequestHandler):
             store.save(repo_type, repo_id, state)
         self._json({"url": url, "name": repo_id, "id": repo_id})
 
+    def _settings(self, repo_type: str, repo_id: str) -> None:
+        req = json.loads(self.body or b"{}")
+        store = self.server.store
+        with store.lock():
+            state = self._load_repo(repo_type, repo_id, authed=True)
+            if "gated" in req:
+                if req["gated"] not in ("auto", "manual", False):
+                    raise HubError(400, f"Invalid gated value: {req['gated']!r}")
+                state["gated"] = req["gated"]
+            if "private" in req or "visibility" in req:
+                state["private"] = bool(req.get("private")) or req.get("visibility") == "private"
+            store.save(repo_type, repo_id, state)
+        self._json({})
+
     def _delete_repo(self) -> None:
         req = json.loads(self.body or b"{}")
         repo_type = req.get("type") or "model"
@@ -587,7 +670,7 @@ class HubHandler(BaseHTTPRequestHandler):
                 "lastModified": commit["date"],
                 "createdAt": state["createdAt"],
                 "private": state["private"],
-                "gated": False,
+                "gated": state.get("gated", False),
                 "disabled": False,
                 "downloads": 0,
                 "likes": 0,
@@ -685,6 +768,11 @@ class HubHandler(BaseHTTPRequestHandler):
                     head = state["branches"][rev]
                 else:
                     raise HubError(404, f"Invalid rev id: {rev} (commits must target a branch)", "RevisionNotFound")
+            if self.server.take_race() and pr_num is None:  # another writer lands first (same tree)
+                head = state["branches"][rev] = _new_commit(
+                    state, head, state["commits"][head]["tree"], "concurrent writer", ""
+                )
+                store.save(repo_type, repo_id, state)
             parent_commit = header.get("parentCommit")
             if parent_commit and not create_pr and not head.startswith(parent_commit.lower()):
                 raise HubError(412, STALE_PARENT_MESSAGE)
@@ -883,15 +971,18 @@ class HubHandler(BaseHTTPRequestHandler):
             with srv.faults_lock:
                 if method == "POST":
                     cfg = json.loads(self.body or b"{}")
-                    unknown = [
-                        k for k in cfg if k != "commit_delay_s" and not (k.endswith("_status") and k[:-7] in ROUTES)
-                    ]
+                    def is_list(k: str) -> bool:
+                        return any(k.endswith(x) and k[: -len(x)] in ROUTES for x in FAULT_LISTS)
+
+                    scalars = ("commit_delay_s", "commit_race", "retry_after")
+                    unknown = [k for k in cfg if k not in scalars and not is_list(k)]
                     if unknown:
                         raise HubError(400, f"Unknown fault keys: {unknown}; routes: {list(ROUTES)}")
-                    srv.faults = {
-                        k: (list(v) if isinstance(v, list) else [v]) if k.endswith("_status") else v
-                        for k, v in cfg.items()
-                    }
+                    faults = {k: (list(v) if isinstance(v, list) else [v]) if is_list(k) else v for k, v in cfg.items()}
+                    bad = [m for k, v in faults.items() if k.endswith("_reset") for m in v if m not in RESET_MODES]
+                    if bad:
+                        raise HubError(400, f"Unknown reset modes: {bad}; use {list(RESET_MODES)}")
+                    srv.faults = faults
                 elif method == "DELETE":
                     srv.faults = {}
                 return self._json(srv.faults)

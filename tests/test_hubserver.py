@@ -13,6 +13,7 @@ import signal
 import sys
 import threading
 import time
+import urllib.error
 from pathlib import Path
 
 # Client settings must be in the environment before huggingface_hub reads its constants.
@@ -272,3 +273,56 @@ def test_in_process_server_concurrent_commits(tmp_path):
         assert len(api.list_repo_commits("org/concurrent")) == 9
     finally:
         stop()
+
+
+def test_private_repos_and_gated_setting(api, server):
+    api.create_repo("org/secret", private=True)
+    api.create_repo("org/open", private=False)
+    assert api.model_info("org/secret").private is True and api.model_info("org/open").private is False
+    anon = HfApi(endpoint=server.url, token=False)
+    with pytest.raises(RepositoryNotFoundError):
+        anon.model_info("org/secret")
+    assert anon.model_info("org/open").gated is False
+    api.update_repo_settings("org/open", gated="manual")
+    assert api.model_info("org/open").gated == "manual"
+    api.update_repo_settings("org/open", private=True)
+    assert api.model_info("org/open").private is True
+
+
+def test_fault_kinds_slow_reset_race_retry_after(api, server, repo):
+    import httpx2
+
+    try:
+        # slow: a client with a shorter timeout gives up
+        server.faults(info_slow_s=[1.5])
+        with pytest.raises(httpx2.TimeoutException):
+            api.model_info(repo, timeout=0.3)
+        # reset mid-body: the connection dies during the upload, nothing is committed
+        server.faults(commit_reset=["mid-body"])
+        with pytest.raises(httpx2.TransportError):
+            api.create_commit(repo, [CommitOperationAdd("r.bin", os.urandom(1 << 20))], commit_message="reset")
+        assert api.list_repo_files(repo) == []
+        # reset after: the commit lands, the answer never comes
+        server.faults(commit_reset=["after"])
+        with pytest.raises(httpx2.TransportError):
+            api.create_commit(repo, [CommitOperationAdd("a.txt", b"a")], commit_message="lands")
+        assert api.list_repo_files(repo) == ["a.txt"]
+        # race: another writer lands first, so the parent is stale for real
+        head = api.model_info(repo).sha
+        server.faults(commit_race=1)
+        with pytest.raises(HfHubHTTPError) as e:
+            api.create_commit(repo, [CommitOperationAdd("b.txt", b"b")], commit_message="b", parent_commit=head)
+        assert e.value.response.status_code == 412
+        assert [c.title for c in api.list_repo_commits(repo)][:2] == ["concurrent writer", "lands"]
+        api.create_commit(repo, [CommitOperationAdd("b.txt", b"b")], commit_message="b", parent_commit=None)
+        # 429 with the configured Retry-After (commit is not retried by the client itself)
+        server.faults(commit_status=[429], retry_after=7)
+        with pytest.raises(HfHubHTTPError) as e:
+            api.create_commit(repo, [CommitOperationAdd("c.txt", b"c")], commit_message="c")
+        assert e.value.response.status_code == 429 and e.value.response.headers["Retry-After"] == "7"
+        with pytest.raises(urllib.error.HTTPError) as e:  # an unknown reset mode is refused
+            server.faults(commit_reset=["sideways"])
+        assert e.value.code == 400
+    finally:
+        server.test_api("/_test/faults", method="DELETE")
+    assert sorted(api.list_repo_files(repo)) == ["a.txt", "b.txt"]

@@ -158,6 +158,7 @@ def test_publish_hub_end_to_end_and_load_in_fresh_process(built, hub, tmp_path):
     assert pub["repo"] == VARIANT_REPO and pub["revision"] is None and len(pub["commit"]) == 40
     api = api_for(hub.url)
     assert api.repo_info(VARIANT_REPO).sha == pub["commit"]
+    assert api.repo_info(VARIANT_REPO).private and api.repo_info(CACHE_REPO).private  # publish.private defaults true
     files = set(api.list_repo_files(VARIANT_REPO))
     assert {"README.md", "config.json", "model.pt2", "manifest.json", "tokenizer.json"} <= files
     assert not any(f.startswith("logs/") for f in files)
@@ -167,6 +168,7 @@ def test_publish_hub_end_to_end_and_load_in_fresh_process(built, hub, tmp_path):
 
     card = Path(api.hf_hub_download(VARIANT_REPO, "README.md", cache_dir=tmp_path / "dl")).read_text()
     assert card.startswith("---\n") and "library_name: pipeline" in card and "tags:" in card
+    assert "license: other" in card and "could not be determined" in card  # tiny-bert has no card of its own
     assert 'CompiledModelForFeatureExtraction.from_pretrained("org/tiny-bert-inductor-fp32-b1-s16")' in card
     assert row["key"] in card and "## Toolchain" in card and "max_abs" in card
     assert TOKEN not in card and TOKEN not in built["stdout"]
@@ -201,6 +203,21 @@ def test_publish_hub_end_to_end_and_load_in_fresh_process(built, hub, tmp_path):
     assert "max_abs" in proc.stdout and str(tmp_path / "fresh" / "hf_home") in proc.stdout, proc.stdout
 
 
+def test_ls_lists_what_a_publish_pushed_from_the_cache_index(built, hub, tmp_path):
+    """The shared cache's per-platform index.json was committed with the entries: mode=ls reads
+    it (one download per platform tag) and lists the published variant."""
+    row = built["report"]["jobs"][0]
+    api = api_for(hub.url)
+    tag = shared_cache.cache_path(built["jobs"][0]["spec"], row["key"]).split("/")[0]
+    index_file = api.hf_hub_download(CACHE_REPO, f"{tag}/index.json", cache_dir=tmp_path / "dl")
+    index = json.loads(Path(index_file).read_text())
+    assert row["key"] in index["entries"] and index["entries"][row["key"]]["platform"] == tag
+    env = hub_env(hub.url, tmp_path)
+    proc = run_cli("mode=ls", "+model=tiny-bert", *hub_args(), f"cache.dir={tmp_path / 'empty'}", env=env)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    assert row["key"][:12] in proc.stdout and CACHE_REPO in proc.stdout, proc.stdout[-3000:]
+
+
 def test_push_folder_is_one_idempotent_commit(built, hub):
     folder = Cache(built["cache"]).entry_dir(built["jobs"][0]["key"])
     api = api_for(hub.url)
@@ -225,9 +242,11 @@ def test_second_run_with_empty_cache_takes_the_shared_cache_and_commits_nothing(
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     report = latest_report(runs)
     (row,) = report["jobs"]
-    assert row["status"] == "cached" and not row["timings"]  # no compile
+    assert row["status"] == "cached" and "compile_s" not in (row["timings"] or {})  # no compile (re-verified only)
     entry = Path(row["artifact"])
-    assert entry.parent.parent == cache and not (entry / "logs").exists()
+    assert entry.parent.parent == cache
+    compile_log = entry / "logs" / "compile.log"  # logs/ here are this machine's re-verification's only
+    assert not compile_log.exists() or not compile_log.read_text().strip()
     manifest = json.loads((entry / "manifest.json").read_text())
     assert manifest["fetched_from"]["path"] == shared_cache.cache_path(manifest["spec"], row["key"])
     assert Cache(cache).lookup(row["key"])[0] == entry
@@ -292,10 +311,13 @@ def test_dry_run_pushes_nothing_and_local_writes_the_layout(built, hub, tmp_path
     assert (entry / "manifest.json").is_file() and (entry / "model.pt2").is_file() and not (entry / "logs").exists()
     assert row["published"]["path"] == str(repo_dir)
     # and the local shared cache serves an empty local cache
-    folder, why = shared_cache.fetch(
-        key, built["jobs"][0]["spec"], Cache(tmp_path / "empty"), {"name": "local", "dir": str(out), "cache_repo": None}
+    dest = tmp_path / "empty" / "dl"
+    dest.mkdir(parents=True)
+    manifest, why = shared_cache.download(
+        key, built["jobs"][0]["spec"], dest, {"name": "local", "dir": str(out), "cache_repo": None}
     )
-    assert why is None and (folder / "model.pt2").read_bytes() == (entry / "model.pt2").read_bytes()
+    assert why is None and manifest is not None
+    assert (dest / "model.pt2").read_bytes() == (entry / "model.pt2").read_bytes()
 
 
 # --------------------------------------------------------------------------- faults
@@ -459,13 +481,14 @@ def test_tampered_shared_entry_is_detected_and_not_used(built, hub, tmp_path):
         "tamper/cache", [CommitOperationAdd(f"{prefix}/model.pt2", bytes(bad))], commit_message="evil"
     )
 
-    empty = Cache(tmp_path / "empty")
-    folder, why = shared_cache.fetch(job["key"], job["spec"], empty, cfg["publish"])
-    assert folder is None and "model.pt2" in why and "integrity" in why
-    assert empty.status(job["key"]) == "miss" and not list((tmp_path / "empty" / ".tmp").iterdir())
+    dest = tmp_path / "empty" / "dl"
+    dest.mkdir(parents=True)
+    manifest, why = shared_cache.download(job["key"], job["spec"], dest, cfg["publish"])
+    assert manifest is None and "model.pt2" in why and "integrity" in why
+    assert not (tmp_path / "empty" / "dl.download").exists()  # the download folder is cleaned up
 
     # and a key the shared cache does not have is a plain miss
-    assert shared_cache.fetch("0" * 64, job["spec"], empty, cfg["publish"]) == (None, None)
+    assert shared_cache.download("0" * 64, job["spec"], tmp_path / "empty" / "dl2", cfg["publish"]) == (None, None)
 
 
 def test_platform_tag_and_batches():

@@ -19,6 +19,7 @@ from pipeline.merge import MergeError, merge_reports
 from pipeline.model_entries import RevisionError
 from pipeline.plan import annotate, combinations, plan, write_plan
 from pipeline.report import mark_latest, new_run_dir
+from pipeline.shared_cache import describe as shared_name
 from pipeline.validate import ConfigError, validate
 
 NEEDS_NO_VALIDATION = ("gc", "explain", "merge", "ls")  # modes that read the cache or reports, not the matrix
@@ -219,10 +220,15 @@ def merge_mode(cfg: dict) -> int:
 
 
 def ls_mode(cfg: dict) -> int:
-    """mode=ls [model=ID]: the cached variants, local (and shared, when its index is readable)."""
-    model = cfg.get("model") if isinstance(cfg.get("model"), str) else None
+    """mode=ls [+model=NAME]: the cached variants, local (and shared, when its index is readable),
+    optionally of one model (a configs/model file; its name or id is matched)."""
+    chosen = cfg.get("model")
+    model = chosen.get("name") or chosen.get("id") if isinstance(chosen, dict) else chosen
     variants = local_variants(Cache(cfg["cache"]["dir"]), model)
-    variants += shared_variants(cfg["publish"], model)
+    shared = shared_variants(cfg["publish"], model)
+    variants += shared
+    if shared:
+        console.print(f"shared: {shared_name(cfg['publish'])}", markup=False, soft_wrap=True)
     table = Table(title=f"{len(variants)} cached variants" + (f" of {model}" if model else ""))
     for col in ("where", "model", "task", "batch", "seq", "cast", "backend", "platform", "toolchain", "verified",
                 "size", "age", "key"):
