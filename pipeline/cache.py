@@ -62,9 +62,24 @@ def file_table(folder: Path) -> dict[str, dict[str, Any]]:
     return {rel: {"sha256": sha256_file(p), "size": p.stat().st_size} for rel, p in artifact_files(folder).items()}
 
 
+def safe_rel(rel: object) -> bool:
+    """A relative path inside a folder: no absolute path, no `..`, no empty or dot parts."""
+    if not isinstance(rel, str) or not rel or rel.startswith("/") or "\\" in rel:
+        return False
+    return all(part and part not in (".", "..") for part in rel.split("/"))
+
+
 def check_integrity(folder: Path, manifest: dict) -> str | None:
-    """None when every file listed in the manifest is present with its size and sha256."""
-    for rel, meta in manifest.get("files", {}).items():
+    """None when every file listed in the manifest is present with its size and sha256; else
+    what is wrong (a malformed manifest included: it never raises on what it reads)."""
+    files = manifest.get("files") if isinstance(manifest, dict) else None
+    if not isinstance(files, dict):
+        return f"{MANIFEST}: no file table"
+    for rel, meta in files.items():
+        if not safe_rel(rel):
+            return f"{MANIFEST}: {rel!r} is not a path inside the entry"
+        if not (isinstance(meta, dict) and isinstance(meta.get("size"), int) and isinstance(meta.get("sha256"), str)):
+            return f"{MANIFEST}: malformed record for {rel}"
         p = folder / rel
         if not p.is_file():
             return f"{rel}: missing"
@@ -108,11 +123,13 @@ class Cache:
 
     # ---- lookups
     def manifest(self, key: str) -> dict | None:
+        """An entry's manifest, or None when it is missing or not a JSON object."""
         p = self.entry_dir(key) / MANIFEST
         try:
-            return json.loads(p.read_text())
+            data = json.loads(p.read_text())
         except (OSError, ValueError):
             return None
+        return data if isinstance(data, dict) else None
 
     def status(self, key: str) -> str:
         """hit | failed-before | miss, from files only (fast; integrity is checked on use)."""

@@ -33,6 +33,115 @@ class RevisionError(Exception):
     """A Hub revision that cannot be resolved to a commit sha (e.g. offline)."""
 
 
+class ModelConfigError(ValueError):
+    """A file a model entry is read from (config.json, configs/model/*.yaml) that cannot be
+    read: not UTF-8, not valid JSON/YAML, or not a mapping. The message names the file."""
+
+
+def _not_utf8(shown: str, data: bytes, e: UnicodeDecodeError) -> str:
+    """'<file> is not UTF-8 text (byte 0x.. at line L column C)', 1-based."""
+    line, start = data.count(b"\n", 0, e.start) + 1, data.rfind(b"\n", 0, e.start) + 1
+    return f"{shown} is not UTF-8 text (byte 0x{data[e.start]:02x} at line {line} column {e.start - start + 1})"
+
+
+def not_utf8(path: Path | str, shown: str | None = None) -> str:
+    """The `_not_utf8` line for a file that does not decode."""
+    try:
+        data = Path(path).read_bytes()
+        data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        return _not_utf8(shown or str(path), data, e)
+    except (OSError, ValueError):
+        pass
+    return f"{shown or path} is not UTF-8 text"
+
+
+def read_json_object(path: Path, shown: str | None = None) -> dict:
+    """The JSON object in a file; ModelConfigError naming the file (`shown`) and the cause."""
+    shown = shown or str(path)
+    try:
+        data = Path(path).read_bytes()
+    except OSError as e:
+        raise ModelConfigError(f"{shown} cannot be read: {e.strerror or e}") from None
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise ModelConfigError(_not_utf8(shown, data, e)) from None
+    try:
+        obj = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise ModelConfigError(f"{shown} is not valid JSON (line {e.lineno} column {e.colno}: {e.msg})") from None
+    except (RecursionError, ValueError) as e:
+        raise ModelConfigError(f"{shown} is not valid JSON ({type(e).__name__}: {e})") from None
+    if not isinstance(obj, dict):
+        kind = {list: "an array", str: "a string", bool: "a boolean", type(None): "null"}.get(type(obj), "a number")
+        raise ModelConfigError(f"{shown} is not a JSON object (it holds {kind})")
+    return obj
+
+
+def yaml_problem(e: Exception, path: str | None = None) -> str:
+    """'<file>, line L, column C: YAML syntax error: <problem> (<context> at ...)' in one line."""
+    mark = getattr(e, "problem_mark", None) or getattr(e, "context_mark", None)
+    name = path or getattr(mark, "name", None) or getattr(e, "name", None) or "a YAML file"
+    where = f", line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+    problem = getattr(e, "problem", None)
+    if problem is None and isinstance(getattr(e, "character", None), (str, int)):  # a ReaderError
+        try:  # its position is a character index of the file's text
+            text, pos = Path(path or e.name).read_text(encoding="utf-8")[: e.position], e.position
+            where = f", line {text.count(chr(10)) + 1}, column {pos - text.rfind(chr(10))}"
+        except (OSError, ValueError, TypeError, AttributeError):
+            pass
+        char = e.character if isinstance(e.character, str) else chr(e.character)
+        return f"{name}{where}: YAML error: unacceptable character #x{ord(char):04x} ({e.reason})"
+    if problem is None:
+        return f"{name}{where}: YAML error: {' '.join(str(e).split())}"
+    context, cmark = getattr(e, "context", None), getattr(e, "context_mark", None)
+    if context and cmark is not None and cmark is not mark:
+        problem += f" ({context} at line {cmark.line + 1}, column {cmark.column + 1})"
+    elif context:
+        problem += f" ({context})"
+    return f"{name}{where}: YAML syntax error: {' '.join(problem.split())}"
+
+
+def _file_in_traceback(exc: BaseException) -> str | None:
+    """The config file being read where an exception was raised (a local `full_path`, or an
+    open file's name), innermost frame first."""
+    frames = []
+    tb = exc.__traceback__
+    while tb is not None:
+        frames.append(tb.tb_frame)
+        tb = tb.tb_next
+    for frame in reversed(frames):
+        for k, v in frame.f_locals.items():
+            if k == "full_path" and isinstance(v, str):
+                return v
+            name = getattr(v, "name", None) if hasattr(v, "readable") else None
+            if isinstance(name, str) and name.endswith((".yaml", ".yml")):
+                return name
+    return None
+
+
+def config_file_problem(exc: BaseException) -> str | None:
+    """One line (file, line, column, problem) for a YAML syntax or encoding error anywhere in
+    an exception's chain; None when the chain holds neither."""
+    import yaml
+
+    seen: set[int] = set()
+    e: BaseException | None = exc
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        if isinstance(e, yaml.YAMLError):
+            mark = getattr(e, "problem_mark", None) or getattr(e, "context_mark", None)
+            name = getattr(mark, "name", None) or getattr(e, "name", None)
+            real = name if isinstance(name, str) and Path(name).is_file() else None
+            return yaml_problem(e, real or _file_in_traceback(e) or _file_in_traceback(exc))
+        if isinstance(e, UnicodeDecodeError):
+            path = _file_in_traceback(e) or _file_in_traceback(exc)
+            return not_utf8(path) if path else f"a config file is not UTF-8 text ({e})"
+        e = e.__cause__ or e.__context__
+    return None
+
+
 @dataclass
 class ModelInfo:
     name: str
@@ -98,19 +207,55 @@ HUB_ID = re.compile(
 REVISION = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._/-]{0,127}$")
 
 
+# First path components that are local folders, never a Hub organisation.
+LOCAL_ROOTS = ("artifacts",)
+SMOKE_MODELS = "artifacts/models"
+
+
+def _local_path(model_id: str) -> Path:
+    try:
+        return Path(model_id).expanduser()
+    except RuntimeError:  # ~user that does not exist
+        return Path(model_id)
+
+
+def _is_dir(p: Path) -> bool:
+    try:
+        return p.is_dir()
+    except (OSError, ValueError):  # a name too long, a NUL byte
+        return False
+
+
+def _is_file(p: Path) -> bool:
+    try:
+        return p.is_file()
+    except (OSError, ValueError):
+        return False
+
+
 def is_local_id(model_id: str) -> bool:
-    return model_id.startswith(("/", "./", "../", "~")) or Path(model_id).is_dir()
+    """A local folder: an explicit path (/, ./, ../, ~), an existing folder, a path of more
+    than two parts (a Hub id is 'name' or 'org/name'), or one whose first part is a local
+    root (artifacts/) or an existing folder."""
+    if model_id.startswith(("/", "./", "../", "~")) or _is_dir(_local_path(model_id)):
+        return True
+    parts = model_id.split("/")
+    return len(parts) > 2 or (len(parts) == 2 and (parts[0] in LOCAL_ROOTS or _is_dir(Path(parts[0]))))
 
 
 def check_model_id(model_id: str) -> str | None:
     """None when the id is a safe Hub repo id or an existing local model folder, else why not."""
     if not model_id:
         return "must not be empty"
+    if "\0" in model_id:
+        return f"{model_id!r} holds a NUL character"
     if is_local_id(model_id):
-        p = Path(model_id).expanduser()
-        if not p.is_dir():
-            return f"local model folder {model_id!r} does not exist (run `make tiny-models` for the smoke models)"
-        if not (p / "config.json").is_file():
+        p = _local_path(model_id)
+        if not _is_dir(p):
+            smoke = Path(model_id).as_posix().lstrip("./").startswith(SMOKE_MODELS + "/")
+            hint = "; build the smoke models with `make tiny-models`" if smoke else ""
+            return f"local model folder {model_id!r} does not exist{hint}"
+        if not _is_file(p / "config.json"):
             return f"local model folder {model_id!r} has no config.json"
         return None
     if ".." in model_id or "--" in model_id or not HUB_ID.match(model_id):
@@ -127,10 +272,27 @@ def check_revision(revision: str) -> str | None:
 
 
 def load_model_file(name: str) -> dict | None:
-    path = CONFIG_DIR / "model" / f"{name}.yaml"
-    if not path.is_file() or "/" in name or "\\" in name:
+    """configs/model/<name>.yaml as a dict; None when there is no such file; ModelConfigError
+    (file, line, column) when it is not valid YAML, not UTF-8 or not a mapping."""
+    if not name or any(c in name for c in "/\\\0"):
         return None
-    data = OmegaConf.to_container(OmegaConf.load(path), resolve=True)
+    path = CONFIG_DIR / "model" / f"{name}.yaml"
+    if not _is_file(path):
+        return None
+    shown = f"configs/model/{name}.yaml"
+    import yaml
+    from omegaconf.errors import OmegaConfBaseException
+
+    try:
+        data = OmegaConf.to_container(OmegaConf.load(path), resolve=True)
+    except yaml.YAMLError as e:
+        raise ModelConfigError(yaml_problem(e, shown)) from None
+    except UnicodeDecodeError:
+        raise ModelConfigError(not_utf8(path, shown)) from None
+    except OmegaConfBaseException as e:  # e.g. an interpolation that does not resolve
+        raise ModelConfigError(f"{shown}: {' '.join(str(e).split())}") from None
+    if not isinstance(data, dict):
+        raise ModelConfigError(f"{shown}: expected a mapping {{id, task, ...}}, got {type(data).__name__}")
     data.setdefault("name", name)
     return data
 
@@ -145,25 +307,32 @@ POSITION_OFFSET = {"roberta": 2, "xlm-roberta": 2, "camembert": 2, "longformer":
 
 def read_config(model_id: str, local: bool, revision: str | None) -> dict | None:
     """config.json of a local folder, or of a Hub model from the local HF cache (or the Hub
-    when online). None when it cannot be read."""
+    when online). None when there is none; ModelConfigError naming the file when it is not
+    a JSON object."""
     if local:
-        p = Path(model_id).expanduser() / "config.json"
-        return json.loads(p.read_text()) if p.is_file() else None
+        p = _local_path(model_id) / "config.json"
+        return read_json_object(p, f"{model_id.rstrip('/')}/config.json") if _is_file(p) else None
     from huggingface_hub import try_to_load_from_cache
 
     cached = try_to_load_from_cache(model_id, "config.json", revision=revision or "main")
     if isinstance(cached, str):
-        return json.loads(Path(cached).read_text())
+        return read_json_object(Path(cached), f"{model_id}: config.json ({cached})")
     if offline():
         return None
     try:
         from huggingface_hub import hf_hub_download
 
-        return json.loads(
-            Path(hf_hub_download(model_id, "config.json", revision=revision or "main", etag_timeout=5)).read_text()
-        )
+        downloaded = hf_hub_download(model_id, "config.json", revision=revision or "main", etag_timeout=5)
     except Exception:
         return None
+    return read_json_object(Path(downloaded), f"{model_id}: config.json ({downloaded})")
+
+
+def custom_code_problem(model_id: str, config: dict | None) -> str | None:
+    """Why a model cannot be used because it needs its own code (the pipeline never runs remote code)."""
+    if isinstance(config, dict) and config.get("auto_map"):
+        return f"{model_id} needs custom code (auto_map in config.json); the pipeline never runs remote code"
+    return None
 
 
 def _content_files(folder: Path) -> list[Path]:
@@ -253,7 +422,11 @@ def _sha_from_hub(model_id: str, rev: str) -> str:
 def entry_from(item: Any, path: str, errors: list[str]) -> ModelInfo | None:
     """A matrix model item (file name or inline dict) -> ModelInfo, appending errors."""
     if isinstance(item, str):
-        data = load_model_file(item)
+        try:
+            data = load_model_file(item)
+        except ModelConfigError as e:
+            errors.append(f"{path}: {e}")
+            return None
         if data is None:
             errors.append(
                 f"{path}: no model config named {item!r} in configs/model/ (known: {', '.join(model_files())})"
@@ -286,11 +459,21 @@ def entry_from(item: Any, path: str, errors: list[str]) -> ModelInfo | None:
         errors.append(f"{path}.revision: {why if isinstance(rev, str) else 'must be a string'}")
         ok = False
     maxp = data.get("max_positions")
-    if maxp is not None and (not isinstance(maxp, int) or maxp < 1):
+    if maxp is not None and (not isinstance(maxp, int) or isinstance(maxp, bool) or maxp < 1):
         errors.append(f"{path}.max_positions: must be an integer >= 1")
+        maxp = None
     if not ok:
         return None
     local = is_local_id(model_id)
+    try:
+        config = read_config(model_id, local, rev)
+    except ModelConfigError as e:
+        errors.append(f"{path}.id: {e}")
+        return None
+    why = custom_code_problem(model_id, config)
+    if why is not None:
+        errors.append(f"{path}.id: {why}")
+        return None
     name = data.get("name") or Path(model_id.rstrip("/")).name
     return ModelInfo(
         name=str(name),
@@ -298,6 +481,6 @@ def entry_from(item: Any, path: str, errors: list[str]) -> ModelInfo | None:
         task=canonical_task(task),
         revision=rev,
         local=local,
-        config=read_config(model_id, local, rev),
+        config=config,
         max_positions_declared=maxp,
     )

@@ -13,27 +13,36 @@ compiles + verifies through the same worker when nothing is found.
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
+import re
 import shutil
 from pathlib import Path
 from typing import Any, ClassVar
 
 from pipeline import generation
 from pipeline.backends import get_backend
+from pipeline.backends.base import BackendUnavailable
 from pipeline.cache import Cache, artifact_files
 from pipeline.config import VerifyConfig
 from pipeline.hub import push_folder
 from pipeline.keys import canonical_cast_type
-from pipeline.model_entries import check_model_id, entry_from, validation_job
+from pipeline.model_entries import check_model_id, entry_from, is_local_id, validation_job
 from pipeline.obtain import ObtainError, obtain
 from pipeline.plan import make_job
 from pipeline.tasks import TASKS, get_mandatory_axes_for_task  # noqa: F401  (re-exported helper)
+from pipeline.validate import (
+    ArtifactError,
+    ArtifactNotFoundError,
+    check_artifact_file_names,
+    check_artifact_manifest,
+    check_artifact_meta,
+    read_artifact_json,
+)
 
 DEFAULT_CACHE = "artifacts/cache"
 
 
-class UnverifiedArtifactError(RuntimeError):
+class UnverifiedArtifactError(ArtifactError, RuntimeError):
     """The artifact's manifest does not show a passed verification."""
 
 
@@ -41,23 +50,49 @@ def default_cache_dir() -> Path:
     return Path(os.environ.get("PIPELINE_CACHE_DIR", DEFAULT_CACHE))
 
 
-def _resolve_folder(path_or_repo: str, revision: str | None, cache_dir: Path, token: str | None) -> Path:
-    """A local folder, a key (or key prefix) in the local cache, or a Hub repo (downloaded)."""
-    p = Path(path_or_repo).expanduser()
-    if p.is_dir():
-        return p
+def _is_dir(p: Path) -> bool:
+    try:
+        return p.is_dir()
+    except (OSError, ValueError):
+        return False
 
-    cache = Cache(cache_dir)
-    found = cache.find_prefix(path_or_repo) if all(c in "0123456789abcdef" for c in path_or_repo.lower()) else []
-    found = [k for k in found if cache.status(k) == "hit"]
-    if len(found) == 1:
+
+def _resolve_folder(name: str, revision: str | None, cache_dir: Path, token: str | None) -> tuple[Path, bool]:
+    """(folder, integrity already checked) for a local folder, a key (or key prefix) in the
+    local cache, or a Hub repo (downloaded)."""
+    try:
+        p = Path(name).expanduser()
+    except RuntimeError:  # ~user that does not exist
+        p = Path(name)
+    if _is_dir(p):
+        return p, False
+    if re.fullmatch(r"[0-9a-fA-F]{2,64}", name):  # a key prefix, never a Hub id
+        cache = Cache(cache_dir)
+        found = [k for k in cache.find_prefix(name) if cache.status(k) == "hit"]
+        if not found:
+            raise ArtifactNotFoundError(f"no cache entry starts with {name} in {cache_dir}")
+        if len(found) > 1:
+            raise ArtifactError(f"{name} is ambiguous in {cache_dir}: {', '.join(k[:12] for k in found)}")
         folder, why = cache.lookup(found[0])
         if folder is None:
-            raise RuntimeError(why or f"cache entry {found[0]} is not usable")
-        return folder
+            raise ArtifactError(f"cache entry {found[0]} in {cache_dir}: {why or 'not usable'}")
+        return folder, True
+    if is_local_id(name):
+        raise ArtifactNotFoundError(f"{name}: no such artifact folder")
+    if check_model_id(name) is not None:
+        raise ArtifactNotFoundError(
+            f"{name!r} is not an artifact folder, a key prefix in {cache_dir} or a valid Hub repo id"
+        )
     from huggingface_hub import snapshot_download
 
-    return Path(snapshot_download(path_or_repo, revision=revision, token=token))
+    try:
+        return Path(snapshot_download(name, revision=revision, token=token)), False
+    except Exception as e:  # offline, not found, auth: name the repo and the cause
+        first = (str(e).strip().splitlines() or [""])[0]
+        raise ArtifactNotFoundError(
+            f"{name}: not a local folder or a key in {cache_dir}, and the Hub repo cannot be fetched: "
+            f"{type(e).__name__}: {first}"
+        ) from None
 
 
 class CompiledModel:
@@ -127,34 +162,49 @@ class CompiledModel:
                     f"input shapes {sorted(input_shapes)} are only accepted with export=True; "
                     "a compiled artifact carries its shapes in config.json"
                 )
-            folder = _resolve_folder(str(model_id_or_path), revision, cache_dir, token)
-        model = cls._load(folder, allow_unverified)
+            folder, checked = _resolve_folder(str(model_id_or_path), revision, cache_dir, token)
+        model = cls._load(folder, allow_unverified, checked=export or checked)
         model.allow_other_batch = model.dynamic_batch_size or dynamic_batch_size
         return model
 
     @classmethod
-    def _load(cls, folder: Path, allow_unverified: bool) -> "CompiledModel":
+    def _load(cls, folder: Path, allow_unverified: bool, checked: bool = False) -> "CompiledModel":
+        """Load an artifact folder; every problem is an ArtifactError (or ArtifactNotFoundError)
+        naming the file. `checked`: the cache lookup has just checked its files' hashes."""
+        folder = Path(folder)
         config_path = folder / "config.json"
         if not config_path.is_file():
-            raise FileNotFoundError(f"{folder}: no config.json; is this a compiled artifact?")
-        config = json.loads(config_path.read_text())
-        if "pipeline" not in config:
-            raise ValueError(f"{folder}/config.json has no 'pipeline' section: not an artifact compiled by pipeline")
-        meta = config["pipeline"]
+            raise ArtifactNotFoundError(f"{folder}: no config.json; is this a compiled artifact?")
+        manifest = check_artifact_manifest(folder, integrity=not checked)  # every file's sha256 first
+        config = read_artifact_json(config_path)
+        meta = check_artifact_meta(config, config_path)
         if TASKS[meta["task"]].auto_class != TASKS[cls.task].auto_class:
-            raise ValueError(
+            raise ArtifactError(
                 f"{folder} was compiled for task {meta['task']!r}; load it with {CLASS_FOR_TASK[meta['task']].__name__}"
             )
-        manifest_path = folder / "manifest.json"
-        manifest = json.loads(manifest_path.read_text()) if manifest_path.is_file() else None
         status = ((manifest or {}).get("verification") or {}).get("status")
         if status != "passed" and not allow_unverified:
             raise UnverifiedArtifactError(
                 f"{folder}: verification status is {status or 'missing (no manifest.json)'}; "
                 "pass allow_unverified=True to load it anyway"
             )
-        backend = get_backend(meta["backend"], meta.get("backend_options") or meta["spec"]["backend"]["options"])
-        return cls(folder, config, backend.load(folder, config), manifest)
+        check_artifact_file_names(config, config_path)
+        section = config.get("compiled") or config.get("neuron") or {}
+        name = section.get("file") or section.get("model_file") if isinstance(section, dict) else None
+        try:
+            backend = get_backend(meta["backend"], meta["backend_options"])
+            runner = backend.load(folder, config)
+        except BackendUnavailable:
+            raise
+        except Exception as e:
+            first = (str(e).strip().splitlines() or [""])[0]
+            where = folder / name if name else folder
+            raise ArtifactError(f"{where} cannot be loaded: {type(e).__name__}: {first}") from e
+        try:
+            return cls(folder, config, runner, manifest)
+        except Exception as e:  # transformers cannot read the model config part
+            first = (str(e).strip().splitlines() or [""])[0]
+            raise ArtifactError(f"{config_path} cannot be read as a model config: {type(e).__name__}: {first}") from e
 
     @classmethod
     def _export(

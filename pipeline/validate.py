@@ -21,8 +21,16 @@ from pipeline.backends import MODULES, get_backend, options_class
 from pipeline.cache import MANIFEST, check_integrity, is_artifact_file
 from pipeline.config import MODES, RunConfig
 from pipeline.executors import EXECUTORS
-from pipeline.model_entries import POSITION_OFFSET, ModelConfigError, entry_from, read_json_object, validation_job
+from pipeline.model_entries import (
+    HUB_ID,
+    POSITION_OFFSET,
+    ModelConfigError,
+    entry_from,
+    read_json_object,
+    validation_job,
+)
 from pipeline.plan import combinations, parse_shard
+from pipeline.publish import check_templates
 from pipeline.tasks import TASKS
 
 
@@ -172,6 +180,11 @@ def validate(cfg: dict) -> Resolved:
         errors.append("executor.max_retries: must be >= 0")
     if cfg["publish"].get("name") not in ("none", "local", "hub"):
         errors.append(f"publish.name: {cfg['publish'].get('name')!r} is not one of none, local, hub")
+    elif cfg["publish"].get("name") != "none" or cfg["publish"].get("cache_repo"):
+        errors += check_templates(cfg["publish"])
+    for i, repo in enumerate((cfg.get("shared_cache") or {}).get("trusted_repos") or []):
+        if not isinstance(repo, str) or not HUB_ID.match(repo):
+            errors.append(f"shared_cache.trusted_repos[{i}]: {repo!r} is not a Hub repo id")
     if cfg["cache"].get("max_size_gb", 1) <= 0:
         errors.append("cache.max_size_gb: must be > 0")
     for cast in cfg["verify"].get("tolerances", {}):

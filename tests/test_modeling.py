@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 import time
@@ -194,3 +195,25 @@ def test_unverified_artifact_is_refused_unless_allowed(compiled, tmp_path):
 def test_wrong_class_for_the_artifact_is_refused(compiled):
     with pytest.raises(ValueError, match="compiled for task 'feature-extraction'"):
         modeling.CompiledModelForSequenceClassification.from_pretrained(compiled["feature-extraction"].folder)
+
+
+@pytest.mark.slow
+def test_real_artifact_integrity_key_prefix_and_tampering(compiled, test_cache, tmp_path):
+    """A real artifact: loads by key prefix and from a copy without logs/ (push_to_hub leaves
+    them out); one flipped byte in model.pt2 is refused naming the file, before loading it."""
+    model = compiled["feature-extraction"]
+    key = model.folder.name
+    by_prefix = modeling.CompiledModelForFeatureExtraction.from_pretrained(key[:12], cache_dir=test_cache)
+    assert by_prefix.folder == model.folder
+    folder = model.save_pretrained(tmp_path / "copy")
+    shutil.rmtree(folder / "logs", ignore_errors=True)
+    modeling.CompiledModelForFeatureExtraction.from_pretrained(folder)
+    with open(folder / "model.pt2", "r+b") as f:
+        f.seek(100)
+        byte = f.read(1)
+        f.seek(100)
+        f.write(bytes([byte[0] ^ 1]))
+    with pytest.raises(modeling.ArtifactError, match=f"^{folder}/model.pt2: sha256 mismatch"):
+        modeling.CompiledModelForFeatureExtraction.from_pretrained(folder)
+    with pytest.raises(FileNotFoundError, match="no cache entry starts with"):
+        modeling.CompiledModelForFeatureExtraction.from_pretrained("0" * 12, cache_dir=tmp_path / "empty")

@@ -17,7 +17,7 @@ from pipeline.gc import gc
 from pipeline.listing import age, local_variants, shared_variants
 from pipeline.merge import MergeError, merge_reports
 from pipeline.model_entries import RevisionError
-from pipeline.plan import annotate, combinations, plan, write_plan
+from pipeline.plan import annotate, combinations, describe, plan, write_plan
 from pipeline.report import mark_latest, new_run_dir
 from pipeline.shared_cache import describe as shared_name
 from pipeline.validate import ConfigError, validate
@@ -94,12 +94,17 @@ def plan_mode(resolved) -> int:
             keys.short(job["key"]),
             f"[{style}]{status}[/]",
             "-" if status == "hit" else _minutes(job["estimate"]["seconds"]),
-            escape((job.get("rebuild") or {}).get("text", "")),
+            "" if status == "hit" else ("rebuild" if (job.get("rebuild") or {}).get("against") else "new variant"),
         )
     if len(jobs) > shown:
         table.caption = f"first {shown} of {len(jobs)} jobs; every job is in plan.json"
     console.print(table)
     console.print(", ".join(f"{v} {k}" for k, v in sorted(counts.items())) or "nothing to do")
+    rebuilds = [j for j in jobs if (j.get("rebuild") or {}).get("against")]
+    for job in rebuilds[:shown]:
+        console.print(
+            f"{keys.short(job['key'])} {describe(job)}: {job['rebuild']['text']}", markup=False, soft_wrap=True
+        )
     workers = int(cfg["executor"]["workers"])
     if totals["misses"]:
         bases = sorted({j["estimate"]["basis"] for j in jobs if j["status"] != "hit"})
@@ -230,14 +235,38 @@ def ls_mode(cfg: dict) -> int:
     if shared:
         console.print(f"shared: {shared_name(cfg['publish'])}", markup=False, soft_wrap=True)
     table = Table(title=f"{len(variants)} cached variants" + (f" of {model}" if model else ""))
-    for col in ("where", "model", "task", "batch", "seq", "cast", "backend", "platform", "toolchain", "verified",
-                "size", "age", "key"):
+    for col in (
+        "where",
+        "model",
+        "task",
+        "batch",
+        "seq",
+        "cast",
+        "backend",
+        "platform",
+        "toolchain",
+        "verified",
+        "size",
+        "age",
+        "key",
+    ):
         table.add_column(col, overflow="fold")
     for v in sorted(variants, key=lambda v: (v.model, v.task, v.cast_type, str(v.shapes), v.where)):
-        table.add_row(v.where, v.model, v.task, str(v.shapes.get("batch_size")), str(v.shapes.get("sequence_length")),
-                      v.cast_type, v.backend, v.platform, v.toolchain, v.metrics,
-                      f"{v.size_bytes / 1e6:.1f} MB" if v.size_bytes is not None else "-", age(v.created_at),
-                      keys.short(v.key))
+        table.add_row(
+            v.where,
+            v.model,
+            v.task,
+            str(v.shapes.get("batch_size")),
+            str(v.shapes.get("sequence_length")),
+            v.cast_type,
+            v.backend,
+            v.platform,
+            v.toolchain,
+            v.metrics,
+            f"{v.size_bytes / 1e6:.1f} MB" if v.size_bytes is not None else "-",
+            age(v.created_at),
+            keys.short(v.key),
+        )
     console.print(table)
     return 0
 

@@ -26,9 +26,12 @@ Heavy imports (torch, transformers) happen inside the functions that need them.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import os
+import resource
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -61,6 +64,93 @@ _SHORT_DTYPE = {"float32": "fp32", "bfloat16": "bf16", "float16": "fp16"}
 
 class DecoderExportError(RuntimeError):
     """The model cannot be compiled as a static-cache decoder; the message says why."""
+
+
+
+# --------------------------------------------------------------------------- compile phases
+
+
+def cpu_seconds() -> float:
+    """CPU time of this process and its waited-for children (g++, probes): wall clocks are noisy
+    on a shared 2-core machine, this is not."""
+    own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
+
+
+class _Span:
+    """Wall and CPU time inside a hooked call, counted once when calls overlap (threads)."""
+
+    def __init__(self) -> None:
+        self.wall = self.cpu = 0.0
+        self.calls = 0
+        self._active = 0
+        self._lock = threading.Lock()
+        self._since = (0.0, 0.0)
+
+    def wrap(self, fn):
+        def timed(*args, **kwargs):
+            with self._lock:
+                self.calls += 1
+                self._active += 1
+                if self._active == 1:
+                    self._since = (time.perf_counter(), cpu_seconds())
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                with self._lock:
+                    self._active -= 1
+                    if self._active == 0:
+                        self.wall += time.perf_counter() - self._since[0]
+                        self.cpu += cpu_seconds() - self._since[1]
+
+        return timed
+
+
+@contextlib.contextmanager
+def _hooked(owner: Any, name: str, span: _Span):
+    original = getattr(owner, name, None)
+    if original is None:  # an internal API that moved: no breakdown, but the compile still runs
+        yield
+        return
+    setattr(owner, name, span.wrap(original))
+    try:
+        yield
+    finally:
+        setattr(owner, name, original)
+
+
+def compile_package(program: Any, package_path: Path | str, inductor_configs: dict) -> dict[str, float]:
+    """`torch._inductor.aoti_compile_and_package(program)` into `package_path`, timed by phase.
+
+    Returns wall seconds `lower_s` (Inductor: freezing, lowering, codegen, the ISA probe),
+    `cxx_s` (every C++ compiler run: `CppBuilder.build`) and `package_s` (writing the .pt2,
+    `package_aoti`), which add up to the call's wall time, and the same phases in CPU seconds
+    (`*_cpu_s`, this process and its children). Wrapping the two internal functions costs
+    nothing measurable; where a future torch moves them, that phase reads 0."""
+    import torch
+    import torch._inductor.cpp_builder as cpp_builder
+    import torch._inductor.package as aoti_package
+
+    cxx, package = _Span(), _Span()
+    started, cpu_started = time.perf_counter(), cpu_seconds()
+    with _hooked(cpp_builder.CppBuilder, "build", cxx), _hooked(aoti_package, "package_aoti", package):
+        torch._inductor.aoti_compile_and_package(
+            program, package_path=str(package_path), inductor_configs=dict(inductor_configs)
+        )
+    wall, cpu = time.perf_counter() - started, cpu_seconds() - cpu_started
+    return {
+        "lower_s": max(0.0, wall - cxx.wall - package.wall),
+        "cxx_s": cxx.wall,
+        "package_s": package.wall,
+        "lower_cpu_s": max(0.0, cpu - cxx.cpu - package.cpu),
+        "cxx_cpu_s": cxx.cpu,
+        "package_cpu_s": package.cpu,
+        "cxx_builds": cxx.calls,
+    }
+
+
+def rounded(timings: dict[str, float]) -> dict[str, float]:
+    return {k: round(v, 3) if isinstance(v, float) else v for k, v in timings.items()}
 
 
 # --------------------------------------------------------------------------- export
@@ -183,6 +273,8 @@ def export_decoder(
     workdir: Path,
     inductor_configs: dict | None = None,
     device: str = "cpu",
+    phases: dict | None = None,
+    speed_configs: dict | None = None,
 ) -> dict:
     """Export `model` (a transformers causal LM) with a static KV cache and AOT-compile it.
 
@@ -193,10 +285,12 @@ def export_decoder(
 
     `sequence_length` is the total capacity: prompt + generated tokens. The caller's model is
     left unchanged (a copy is cast when `dtype_name` or `device` differ from the model's).
-    `inductor_configs=None` uses DEFAULT_INDUCTOR_CONFIGS ({"freezing": True}); pass {} for
-    inductor's defaults. Raises DecoderExportError with the reason when the model cannot be
-    exported (encoder-decoder, no LM head, no cache, sliding window shorter than the
-    sequence, a graph that does not export or cannot decode one token).
+    `inductor_configs=None` uses DEFAULT_INDUCTOR_CONFIGS; pass {} for inductor's defaults.
+    `speed_configs` are applied on top of them but not recorded (they change only how fast the
+    compile runs). `phases`, when given, receives the phase timings (export_s, lower_s, cxx_s,
+    package_s and their CPU seconds; see `compile_package`). Raises DecoderExportError with the
+    reason when the model cannot be exported (encoder-decoder, no LM head, no cache, sliding
+    window shorter than the sequence, a graph that does not export or cannot decode one token).
     """
     import torch
     import transformers
@@ -228,7 +322,7 @@ def export_decoder(
     model.generation_config = export_generation_config
     workdir.mkdir(parents=True, exist_ok=True)
     try:
-        started = time.perf_counter()
+        started, cpu_started = time.perf_counter(), cpu_seconds()
         try:
             wrapper = TorchExportableModuleForDecoderOnlyLM(
                 model, batch_size=batch_size, max_cache_len=sequence_length, device=torch.device(device)
@@ -254,17 +348,19 @@ def export_decoder(
             ) from exc
         with torch.no_grad():
             _smoke_test(ep, batch_size, sequence_length, vocab_size, device, arch)
-        export_s = time.perf_counter() - started
+        export_s, export_cpu_s = time.perf_counter() - started, cpu_seconds() - cpu_started
 
         started = time.perf_counter()
         package_path = workdir / ARTIFACT_FILE
         try:
-            torch._inductor.aoti_compile_and_package(ep, package_path=str(package_path), inductor_configs=dict(configs))
+            compiled = compile_package(ep, package_path, {**configs, **(speed_configs or {})})
         except Exception as exc:
             raise DecoderExportError(
                 f"AOTInductor compile of {arch} failed: {type(exc).__name__}: {_first_line(exc)}"
             ) from exc
         compile_s = time.perf_counter() - started
+        if phases is not None:
+            phases.update(rounded({"export_s": export_s, "export_cpu_s": export_cpu_s, **compiled}))
         _shutdown_compile_workers()
     finally:
         model.generation_config = original_generation_config
