@@ -365,6 +365,22 @@ def test_sampling_reproducible_and_like_transformers(llama, prompts):
     assert torch.equal(G.generate(runner, prompt, **opts), ref)
 
 
+def test_min_length_and_min_new_tokens_together_as_transformers_has_them(llama, prompts):
+    """transformers applies both floors (MinLength and MinNewTokensLength processors): the larger
+    one wins, whichever it is. With eos = each row's first greedy token, both floors bind."""
+    model, _, _, runner = llama
+    prompt = prompts[0]
+    eos = _eager_generate(model, prompt, max_new_tokens=1)[:, PROMPT].tolist()
+    pad = (max(eos) + 1) % VOCAB
+    for floors in ({"min_length": PROMPT + 6, "min_new_tokens": 3}, {"min_length": PROMPT + 2, "min_new_tokens": 5},
+                   {"min_new_tokens": 4}, {"min_length": PROMPT + 4}):
+        kwargs = dict(max_new_tokens=NEW, eos_token_id=eos, pad_token_id=pad, **floors)
+        got = G.generate(runner, prompt, **kwargs)
+        assert torch.equal(got, _eager_generate(model, prompt, **kwargs)), floors
+        floor = max(floors.get("min_length", 0) - PROMPT, floors.get("min_new_tokens", 0))
+        assert not any(t in eos for t in got[:, PROMPT : PROMPT + floor].flatten().tolist()), floors
+
+
 def test_errors_before_any_work(llama, prompts, monkeypatch):
     _, _, _, runner = llama
     calls = []
