@@ -66,46 +66,64 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def _kill_marked(marker: str) -> None:
-    for sig, wait in ((signal.SIGTERM, 5), (signal.SIGKILL, 5)):
-        for pid in marked(marker):
+def cluster_pids(cluster: dict) -> list[int]:
+    """The cluster's processes: the marker in their environment, or (Ray's process titles can
+    overwrite the environment's memory) its temp dir in their command line or working dir."""
+    temp, out = str(cluster["temp"]), set(marked(cluster["marker"]))
+    for d in Path("/proc").iterdir():
+        if d.name.isdigit():
+            try:
+                cwd = os.readlink(d / "cwd")
+            except OSError:
+                continue
+            if cwd.startswith(temp) or temp in cmdline(int(d.name)):
+                out.add(int(d.name))
+    return sorted(p for p in out if p != os.getpid())
+
+
+def _stop(cluster: dict) -> None:
+    """End exactly the processes the fixture started (Ray's agents ignore SIGTERM: then SIGKILL)."""
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        for pid in cluster_pids(cluster):
             try:
                 os.kill(pid, sig)
             except ProcessLookupError:
                 pass
-        end = time.monotonic() + wait
-        while marked(marker) and time.monotonic() < end:
+        end = time.monotonic() + 5
+        while cluster_pids(cluster) and time.monotonic() < end:
             time.sleep(0.2)
 
 
 @pytest.fixture(scope="module")
 def cluster():
-    """A head node and one worker node on 127.0.0.1, each with 1 CPU. `ray start` rewrites
-    127.0.0.1 to the machine's outbound address unless Ray is told the cluster is local-only
-    (RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0, which `ray start --address` refuses); the worker node
-    joins through 127.0.0.01, the same address in a spelling Ray does not rewrite."""
+    """A head node and one worker node on 127.0.0.1, each with 1 CPU. Ray rewrites 127.0.0.1 to
+    the machine's outbound address unless told the cluster is local-only (the head's and the
+    drivers' RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0, which `ray start --address` refuses): the worker
+    node joins through 127.0.0.01, the same address in a spelling Ray does not rewrite."""
     marker = f"PIPELINE_RAY_TEST_{uuid.uuid4().hex}"
     temp = Path(tempfile.mkdtemp(prefix="ray-", dir="/tmp"))  # short: Ray's unix socket paths live under it
     port = free_port()
-    env = cli_env(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=secrets.token_hex(32), RAY_USAGE_STATS_ENABLED="0")
-    ray_env = dict(env, **{marker: "1"})
+    env = cli_env(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=secrets.token_hex(32), RAY_USAGE_STATS_ENABLED="0",
+                  RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER="0")  # fmt: skip  (the head's and every driver's)
+    cluster = {"address": f"127.0.0.1:{port}", "env": env, "marker": marker, "temp": temp}
     try:
         for args, extra in (
             (["--head", "--node-ip-address=127.0.0.1", f"--port={port}", "--include-dashboard=false",
-              "--disable-usage-stats"], {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}),
-            ([f"--address=127.0.0.01:{port}"], {}),
+              "--disable-usage-stats"], {}),
+            ([f"--address=127.0.0.01:{port}"], {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "1"}),
         ):  # fmt: skip
             proc = subprocess.run([str(RAY), "start", *args, "--num-cpus=1", f"--temp-dir={temp}"], cwd=temp,
-                                  env=dict(ray_env, **extra), capture_output=True, text=True, timeout=180)  # fmt: skip
+                                  env=dict(env, **extra, **{marker: "1"}), capture_output=True, text=True,
+                                  timeout=180)  # fmt: skip
             assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-        yield {"address": f"127.0.0.1:{port}", "env": env, "marker": marker}
+        yield cluster
     finally:
-        _kill_marked(marker)
+        _stop(cluster)
         shutil.rmtree(temp, ignore_errors=True)
 
 
 def test_every_ray_process_listens_on_loopback_only(cluster):
-    pids = {str(p) for p in marked(cluster["marker"])}
+    pids = {str(p) for p in cluster_pids(cluster)}
     out = subprocess.run(["ss", "-Hltnp"], capture_output=True, text=True).stdout if shutil.which("ss") else ""
     if not out:
         pytest.skip("ss is not available")
@@ -150,7 +168,7 @@ class Run:
 
 def task_processes(cluster: dict) -> list[str]:
     """Ray worker processes of the cluster that are running one of our jobs (`ray::pipeline-<key>`)."""
-    return [c for p in marked(cluster["marker"]) if (c := cmdline(p)).startswith("ray::pipeline-")]
+    return [c for p in cluster_pids(cluster) if (c := cmdline(p)).startswith("ray::pipeline-")]
 
 
 def files_of(artifact: str) -> list[str]:

@@ -1,24 +1,23 @@
 """Ray executor (`executor=ray`): each job a Ray task, with the local executor's face and rows
 (`local.row_for`: same statuses, attempts, timings, notes, pid), so reports are identical in shape.
 
-* `executor.address`: null starts a local cluster for the run (node 127.0.0.1, no dashboard,
-  `workers x num_cpus` CPUs) and shuts it down after; `auto` / `host:port` join a `ray start`
-  cluster, `ray://host:port` goes through Ray Client. Ray's own gRPC servers listen on every
-  interface whatever the node address (Ray has no loopback-only option); its token auth guards them.
-* One task per job (`num_cpus`, `num_gpus`, `memory_gb`, `resources`, `max_calls`: Ray reuses a
-  worker process for that many jobs, imports paid once) runs `pipeline.worker.run_job` in a Ray
-  worker; the verifier still runs in a fresh process. Its runtime_env carries TORCHINDUCTOR_CACHE_DIR
-  (`Cache.inductor_env()`), HF_HUB_OFFLINE and HF_ENDPOINT, never a token. memory_limit_gb is not applied.
-* A failed job (export error, gate, out of memory) is a result, never retried; a system failure
-  (worker or node died) is retried by Ray, `executor.max_retries` times. A tracker actor hears each
-  attempt start: rows carry `attempts`, `timeout_s` counts from the attempt's start (then a forced
-  cancel: failed, not retried), progress shows a job running when it runs.
-* `stop()` only sets flags (signal handler); within a poll the loop force-cancels every task:
-  running jobs `interrupted`, the rest `skipped`. fail_fast cancels only what has not started.
-* Cache hits are answered here, without a task (without Ray when all are hits). Tasks get
-  `cache.dir` as an absolute path: one machine or a shared filesystem. A task that does not see
-  the driver's cache (a probe file) needs `publish=hub publish.cache_repo=...` as the exchange: it
-  pushes its entry there and the driver fetches it (it never reads a node's disk); else it fails.
+* `executor.address`: null starts a local cluster for the run (no dashboard, `workers x num_cpus`
+  CPUs, listening on 127.0.0.1 only: RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 keeps Ray from rewriting
+  127.0.0.1 to the outbound IP) and shuts it down after; `auto` / `host:port` join a `ray start`
+  cluster, `ray://host:port` goes through Ray Client.
+* One task per job (`num_cpus`, `num_gpus`, `memory_gb`, `resources`; `max_calls` jobs per Ray
+  worker process, imports paid once) runs `pipeline.worker.run_job`; the verifier still runs in a
+  fresh process. The runtime_env carries TORCHINDUCTOR_CACHE_DIR (`Cache.inductor_env()`),
+  HF_HUB_OFFLINE, HF_ENDPOINT, never a token. memory_limit_gb is not applied.
+* A failed job (export error, gate, out of memory) is a result, never retried; Ray retries system
+  failures (worker or node died) `max_retries` times. A tracker actor hears each attempt start:
+  rows carry `attempts`, `timeout_s` counts from the attempt's start (then a forced cancel: failed,
+  not retried). `stop()` only sets flags (signal handler); within a poll every task is
+  force-cancelled: running jobs `interrupted`, the rest `skipped` (fail_fast: only those not started).
+* Cache hits are answered here (without Ray when all are hits). Tasks get `cache.dir` as an absolute
+  path (one machine or a shared filesystem); a task that does not see the driver's cache (a probe
+  file) needs `publish=hub publish.cache_repo=...` as the exchange: it pushes its entry there and the
+  driver fetches it, never reading a node's disk; without one the job fails saying so.
 """
 
 from __future__ import annotations
@@ -33,6 +32,7 @@ import time
 import traceback
 import uuid
 from collections import deque
+from contextlib import suppress
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -65,12 +65,10 @@ class _Tracker:
 
 def push_entry(payload: dict, artifact: str, src: dict) -> None:
     """Push a cache entry this node built to the shared cache repo (laid out as publish=hub does)."""
-    entry, key, model = Path(artifact), payload["key"], payload["model"]
-    manifest = Cache(entry.parent.parent).manifest(key)
-    if manifest is None:
+    entry, key, model, scratch = Path(artifact), payload["key"], payload["model"], []
+    if not (manifest := Cache(entry.parent.parent).manifest(key)):
         raise hub.PublishError(f"no cache entry for {key[:12]} at {entry}")
     roots = local_roots(entry.parent.parent, model.get("path") if model.get("local") else None)
-    scratch: list[Path] = []
     try:
         files = publish_files(entry, manifest, payload, roots, scratch)[0]
         where = shared_cache.cache_path(payload["spec"], key)
@@ -86,16 +84,11 @@ def _run_job(payload: dict, tracker, probe: tuple[str, str] | None) -> dict:
     """The body of a job's Ray task, in a Ray worker process: say it started, then run the job."""
     import ray
 
-    node = ray.util.get_node_ip_address()
-    try:
+    node, exchange, shared = ray.util.get_node_ip_address(), None, probe is None
+    with suppress(Exception):  # tracking is best effort (no tracker, or it died): never a reason to fail a job
         tracker.started.remote(payload["key"], os.getpid(), node)
-    except Exception:  # tracking is best effort (no tracker, or it died): never a reason to fail a job
-        pass
-    exchange = None
-    try:
-        shared = probe is None or Path(probe[0]).read_text() == probe[1]
-    except OSError:
-        shared = False
+    with suppress(OSError):
+        shared = shared or Path(probe[0]).read_text() == probe[1]
     if not shared:  # this node has its own disk: the shared Hub cache is the exchange, or nothing is
         src = (payload.get("shared_cache") or {}).get("source") or {}
         if src.get("name") != "hub" or not src.get("cache_repo") or src.get("dry_run"):
@@ -124,37 +117,45 @@ class _Task:
 
 
 class RayTasks:
-    """The run's in-flight task refs: `kill_all()` (a second Ctrl-C) force-cancels them at once."""
+    """The run's in-flight task refs (touched by the main thread only, as is the signal handler
+    that calls `kill_all()` on a second Ctrl-C): force-cancel them and, when this run started the
+    cluster, SIGKILL every process under this one (Ray's agents outlive a driver's os._exit)."""
 
     def __init__(self) -> None:
         self.refs: set = set()
-        self.lock = threading.Lock()
-
-    def add(self, ref) -> None:
-        with self.lock:
-            self.refs.add(ref)
-
-    def discard(self, ref) -> None:
-        with self.lock:
-            self.refs.discard(ref)
+        self.own_cluster = False
 
     def kill_all(self) -> int:
-        with self.lock:
-            refs = list(self.refs)
+        refs = list(self.refs)
         thread = threading.Thread(target=_cancel_quietly, args=(refs, True), daemon=True)
         thread.start()
         thread.join(3)  # a signal handler must not hang on a busy Ray client
+        if self.own_cluster:
+            _kill_descendants()
         return len(refs)
+
+
+def _kill_descendants() -> None:
+    parents: dict[int, int] = {}
+    for d in Path("/proc").glob("[0-9]*"):
+        try:
+            parents[int(d.name)] = int((d / "stat").read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):
+            continue
+    mine = {os.getpid()}
+    while new := {p for p, pp in parents.items() if pp in mine} - mine:
+        mine |= new
+    for pid in mine - {os.getpid()}:
+        with suppress(OSError):
+            os.kill(pid, signal.SIGKILL)
 
 
 def _cancel_quietly(refs: list, force: bool) -> None:
     import ray
 
     for ref in refs:
-        try:
+        with suppress(Exception):  # already done, or the cluster is gone
             ray.cancel(ref, force=force)
-        except Exception:  # already done, or the cluster is gone
-            pass
 
 
 class RayExecutor:
@@ -166,10 +167,9 @@ class RayExecutor:
         self.children = RayTasks()
         self.stopped: str | None = None  # why the run was stopped (None: it was not)
         self.interrupted = False  # stopped by a signal: running jobs are interrupted, not failed
-        self.lock = threading.Lock()
-        self.tracker, self.probe, self.started_cluster = None, None, False
-        self.runtime_env: dict = {}
-        self.opts: dict = {}
+        self.lock = threading.RLock()  # stop() from a signal handler may interrupt stop() (fail_fast)
+        self.tracker, self.snapshot, self.probe = None, None, None
+        self.runtime_env, self.opts = {}, {}
 
     def stop(self, reason: str, interrupt: bool = True) -> None:
         """No new task starts; with `interrupt`, the loop force-cancels running ones (within a poll)."""
@@ -178,13 +178,13 @@ class RayExecutor:
                 self.stopped = reason
             self.interrupted = self.interrupted or interrupt
 
-    # ---------------------------------------------------------------- the plan
-
     def execute(self, jobs: list[dict], on_start: Callable, on_done: Callable) -> list[dict]:
         rows: list[dict | None] = [None] * len(jobs)
 
         def done(i: int, row: dict) -> None:
             rows[i] = row
+            if row["status"] == "failed" and self.cfg["fail_fast"]:
+                self.stop("fail_fast stopped the run after a failure", interrupt=False)
             on_done(i, row)
 
         misses: list[tuple[int, list]] = []
@@ -210,8 +210,6 @@ class RayExecutor:
             return row_for(job, status="skipped", error=f"not run: {self.stopped}"), []
         found = find(job, self.cache)
         if found.folder is not None:
-            if found.broken and self.cfg["fail_fast"]:
-                self.stop("fail_fast stopped the run after a failure", interrupt=False)
             status = "failed" if found.broken else "cached"
             return row_for(job, status=status, artifact=str(found.folder), metrics=found.metrics,
                            error=found.broken, notes=found.notes), []  # fmt: skip
@@ -224,7 +222,7 @@ class RayExecutor:
         try:
             ray, task = self._connect()
         except Exception as e:
-            why = _first_line(e)
+            why = "ray is not installed: pip install -e '.[ray]'" if isinstance(e, ImportError) else _first_line(e)
             for i, _ in misses:
                 done(i, row_for(jobs[i], error=f"executor=ray: could not start or join the Ray cluster: {why}"))
             self._close()
@@ -253,14 +251,19 @@ class RayExecutor:
                     done(i, _internal(jobs[i], e))
                     continue
                 inflight[ref] = _Task(i, jobs[i], notes, time.perf_counter())
-                self.children.add(ref)
+                self.children.refs.add(ref)
             if not inflight:
                 continue
-            ready, _ = ray.wait(list(inflight), num_returns=1, timeout=POLL_S)
+            try:
+                ready, _ = ray.wait(list(inflight), num_returns=1, timeout=POLL_S)
+            except Exception as e:  # the cluster is gone: every job not done yet is failed, saying so
+                for i, job in [*((t.i, t.job) for t in inflight.values()), *((i, jobs[i]) for i, _ in queue)]:
+                    done(i, row_for(job, error=f"executor=ray: lost the Ray cluster: {_first_line(e)}"))
+                return
             self._poll_starts(ray, inflight, on_start)
             for ref in ready:
                 t = inflight.pop(ref)
-                self.children.discard(ref)
+                self.children.refs.discard(ref)
                 try:
                     row = self._finish(ray, t, ref)
                 except Exception as e:
@@ -268,12 +271,9 @@ class RayExecutor:
                 done(t.i, row)
             self._timeouts(ray, inflight, done)
 
-    # ---------------------------------------------------------------- Ray
-
     def _connect(self):
         ex = self.ex
-        if (ex.get("address") or "127.0.0.1").rsplit(":", 1)[0] in ("127.0.0.1", "localhost"):
-            # A cluster on this machine: Ray would rewrite 127.0.0.1 to the outbound IP and listen there
+        if not ex.get("address"):  # our own cluster: else Ray rewrites 127.0.0.1 to the outbound IP and listens there
             os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")  # (read when ray is imported)
         import ray
 
@@ -284,7 +284,10 @@ class RayExecutor:
             opts["memory"] = int(float(ex["memory_gb"]) * 1024**3)
         if ex.get("resources"):
             opts["resources"] = {k: float(v) for k, v in ex["resources"].items()}
-        self.opts = opts
+        want = {"CPU": opts["num_cpus"], "GPU": opts["num_gpus"], "memory": opts.get("memory"),
+                **opts.get("resources", {})}  # fmt: skip
+        self.opts = dict(want={k: v for k, v in want.items() if v})
+        self.opts["asks"] = ", ".join(f"{k}={v}" for k, v in self.opts["want"].items())
         saved = _handlers()
         try:
             common = dict(log_to_driver=False, logging_level=logging.ERROR, namespace="pipeline")
@@ -296,11 +299,11 @@ class RayExecutor:
                 ray.init(address="local", num_cpus=max(1, math.ceil(workers * opts["num_cpus"])),
                          include_dashboard=False, object_store_memory=200 * 1024**2,
                          _node_ip_address="127.0.0.1", **common)  # fmt: skip
-                self.started_cluster = True
+                self.children.own_cluster = True
         finally:
             _restore(saved)  # ray.init installs its own SIGTERM handler: the CLI's stays in charge
-        missing = _unschedulable(ray, opts)
-        if missing and self.started_cluster:
+        missing = _unschedulable(ray, self.opts)
+        if missing and self.children.own_cluster:
             raise RuntimeError(f"the local Ray cluster has no {missing}; join a cluster that has (executor.address)")
         env = {k: os.environ[k] for k in FORWARDED_ENV if os.environ.get(k)}
         env["TORCHINDUCTOR_CACHE_DIR"] = self.cache.inductor_env()["TORCHINDUCTOR_CACHE_DIR"]
@@ -319,9 +322,7 @@ class RayExecutor:
         from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
         here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=True)
-        tracker = ray.remote(num_cpus=0, max_restarts=0)(_Tracker).options(scheduling_strategy=here).remote()
-        ray.get(tracker.snapshot.remote(), timeout=60)
-        return tracker
+        return ray.remote(num_cpus=0, max_restarts=0)(_Tracker).options(scheduling_strategy=here).remote()
 
     def _submit(self, task, job: dict):
         cfg = self.cfg
@@ -331,19 +332,23 @@ class RayExecutor:
         return named.remote(payload, self.tracker, probe)
 
     def _poll_starts(self, ray, inflight: dict, on_start: Callable) -> None:
-        now = time.perf_counter()
-        starts = {}
+        """What the tracker heard (a snapshot asked for at the last poll: never waited for)."""
+        now, starts = time.perf_counter(), None
         if self.tracker is not None:
+            self.snapshot = self.snapshot or self.tracker.snapshot.remote()
+            if not ray.wait([self.snapshot], timeout=0)[0]:
+                return
             try:
-                starts = ray.get(self.tracker.snapshot.remote(), timeout=10)
+                starts = ray.get(self.snapshot)
             except Exception:
                 self.tracker = None  # from here on: timeouts count from submission, attempts unknown
+            self.snapshot = None
         for t in inflight.values():
-            seen = len(starts.get(t.job["key"], [])) if self.tracker is not None else max(t.attempts, 1)
+            seen = len(starts.get(t.job["key"], [])) if starts is not None else max(t.attempts, 1)
             if seen > t.attempts:
                 if t.attempts == 0:
                     on_start(t.i, t.job)
-                t.attempts, t.started = seen, now if self.tracker is not None else t.submitted
+                t.attempts, t.started = seen, now if starts is not None else t.submitted
 
     def _timeouts(self, ray, inflight: dict, done: Callable) -> None:
         now = time.perf_counter()
@@ -353,12 +358,12 @@ class RayExecutor:
                 error = f"timed out after {limit:.0f} s (timeout_s); not retried"
             elif t.started is None and now - t.submitted > limit:
                 error = (f"not started within {limit:.0f} s (timeout_s): no node of the Ray cluster had "
-                         f"{_wanted(self.opts)} free")  # fmt: skip
+                         f"{self.opts['asks']} free")  # fmt: skip
             else:
                 continue
             _cancel_quietly([ref], force=True)
             inflight.pop(ref)
-            self.children.discard(ref)
+            self.children.refs.discard(ref)
             row = self._row(t, {"status": "timeout", "error": error})
             self._record_transient(row, t.job)
             done(t.i, row)
@@ -372,7 +377,7 @@ class RayExecutor:
                 continue  # fail_fast: running jobs finish
             _cancel_quietly([ref], force=self.interrupted)
             inflight.pop(ref)
-            self.children.discard(ref)
+            self.children.refs.discard(ref)
             if t.started is None:
                 done(t.i, row_for(t.job, status="skipped", error=f"not run: {self.stopped}", notes=t.notes))
             else:
@@ -389,23 +394,19 @@ class RayExecutor:
         try:
             result = ray.get(ref)
         except rex.TaskCancelledError:
-            return self._row(t, {"status": "transient", "error": f"the Ray task was cancelled: {self.stopped}"})
-        except rex.RuntimeEnvSetupError as e:
-            return self._row(t, {"status": "failed", "error": f"Ray could not set up the task's runtime_env: "
-                                 f"{_first_line(e)}"})  # fmt: skip
-        except rex.RayTaskError as e:  # an exception in our task body: deterministic, not retried
-            return self._row(t, {"status": "failed", "error": f"internal error in the Ray task: {_first_line(e)}"})
+            result = {"status": "transient", "error": f"the Ray task was cancelled: {self.stopped}"}
+        except (rex.RuntimeEnvSetupError, rex.RayTaskError) as e:  # deterministic: not retried
+            what = "set up the task's runtime_env" if isinstance(e, rex.RuntimeEnvSetupError) else "run the task"
+            result = {"status": "failed", "error": f"Ray could not {what}: {_first_line(e)}"}
         except rex.RayError as e:  # the worker or its node died, and Ray's retries are used up
             retries = int(self.ex.get("max_retries") or 0)
-            row = self._row(t, {"status": "transient", "error": f"Ray system failure: {type(e).__name__}: "
-                                f"{_first_line(e)} (Ray retried {retries} time(s), executor.max_retries)"})  # fmt: skip
-            self._record_transient(row, t.job)
-            return row
+            result = {"status": "transient", "error": f"Ray system failure: {_first_line(e)} (Ray retried "
+                      f"{retries} time(s), executor.max_retries)"}  # fmt: skip
         if result.get("exchange") and result["status"] in OK:
             result = fetch_exchanged(self.cache, t.job, result, self.cfg["publish"])
         row = self._row(t, result)
-        if row["status"] == "failed" and self.cfg["fail_fast"]:
-            self.stop("fail_fast stopped the run after a failure", interrupt=False)
+        if result["status"] == "transient" and row["status"] == "failed":
+            self._record_transient(row, t.job)
         return row
 
     def _row(self, t: _Task, result: dict) -> dict:
@@ -426,16 +427,16 @@ class RayExecutor:
             self.cache.record_failure(job["key"], {"error": row["error"], "spec": job["spec"], "transient": True})
         except OSError as e:
             row["notes"].append(f"could not record the failure: {e}")
-        if self.cfg["fail_fast"]:
-            self.stop("fail_fast stopped the run after a failure", interrupt=False)
 
     def _close(self) -> None:
-        import ray
-
         saved = _handlers()
         try:
+            import ray
+
             if ray.is_initialized():  # the tracker actor ends with the driver's job
                 ray.shutdown()
+        except ImportError:
+            pass
         finally:
             _restore(saved)
             if self.probe is not None:
@@ -466,18 +467,10 @@ def fetch_exchanged(cache: Cache, job: dict, result: dict, publish_cfg: dict) ->
     return dict(result, artifact=str(dest), notes=[*result.get("notes", []), note])
 
 
-def _wanted(opts: dict, text: bool = True):
-    want = {"CPU": opts.get("num_cpus"), "GPU": opts.get("num_gpus"), "memory": opts.get("memory"),
-            **opts.get("resources", {})}  # fmt: skip
-    want = {k: v for k, v in want.items() if v}
-    return ", ".join(f"{k}={v}" for k, v in want.items()) if text else want
-
-
 def _unschedulable(ray, opts: dict) -> str | None:
     """What no alive node of the cluster has at all (None: some node could run a job)."""
-    want = _wanted(opts, text=False)
     nodes = [n.get("Resources", {}) for n in ray.nodes() if n.get("Alive")]
-    return None if any(all(have.get(k, 0) >= v for k, v in want.items()) for have in nodes) else _wanted(opts)
+    return None if any(all(have.get(k, 0) >= v for k, v in opts["want"].items()) for have in nodes) else opts["asks"]
 
 
 def _handlers() -> dict:
