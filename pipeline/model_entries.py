@@ -19,6 +19,7 @@ from typing import Any
 from omegaconf import OmegaConf
 
 from pipeline.config import ModelEntry
+from pipeline.job import ValidationJob
 from pipeline.tasks import TASKS, canonical_task
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
@@ -175,7 +176,9 @@ def max_positions(config: Any) -> int | None:
     return None
 
 
-def validation_job(model: "ModelInfo", shapes: dict, cast_type: str, auto_cast: str, dynamic_batch_size: bool) -> dict:
+def validation_job(
+    model: "ModelInfo", shapes: dict, cast_type: str, auto_cast: str, dynamic_batch_size: bool
+) -> ValidationJob:
     """The fields of one combination that `Backend.validate` checks."""
     return {
         "model": {"id": model.id, "task": model.task, "config": model.config, "name": model.name},

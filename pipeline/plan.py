@@ -19,6 +19,7 @@ from pipeline.backends.neuron.rules import estimate_parameters
 from pipeline.cache import Cache
 from pipeline.estimate import estimate, static_cost
 from pipeline.history import history
+from pipeline.job import Job, Spec
 from pipeline.tasks import TASKS
 
 SHARD = re.compile(r"^\s*(\d+)\s*/\s*(\d+)\s*$")
@@ -99,7 +100,7 @@ def build_spec(
     dynamic_batch_size: bool,
     backend,
     toolchain: dict | None = None,
-) -> dict:
+) -> Spec:
     """Everything that decides the compiled bytes. Verification settings are not in it.
 
     `toolchain`: backend.toolchain(), computed once per plan by the caller (reading package
@@ -132,7 +133,7 @@ def make_job(
     verify_cfg: dict,
     timeout_s: int,
     toolchain: dict | None = None,
-) -> dict:
+) -> Job:
     """A job: spec + key + verification settings. Pure data (JSON-able, picklable)."""
     spec = build_spec(model, model.task, shapes, cast_type, auto_cast, dynamic_batch_size, backend, toolchain)
     tolerance = {k: v for k, v in verify_cfg["tolerances"].get(spec["cast_type"], {}).items() if v is not None}
@@ -161,7 +162,7 @@ def make_job(
     }
 
 
-def plan(resolved) -> list[dict]:
+def plan(resolved) -> list[Job]:
     """Jobs in stable order, deduplicated by key, restricted to the configured shard.
     `resolved`: what pipeline.validate.validate returned."""
     cfg = resolved.cfg

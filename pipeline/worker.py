@@ -36,6 +36,7 @@ from pathlib import Path
 from pipeline import shared_cache, tasks, verify
 from pipeline.backends import get_backend
 from pipeline.cache import Cache
+from pipeline.job import Job, WorkerResult
 from pipeline.lifeline import watch_parent
 
 
@@ -358,7 +359,7 @@ def _empty(folder: Path) -> None:
             shutil.rmtree(p) if p.is_dir() else p.unlink()
 
 
-def run_job(job: dict, warm_start: bool = False) -> dict:
+def run_job(job: Job, warm_start: bool = False) -> WorkerResult:
     cache = Cache(job["cache_dir"])
     key = job["key"]
     result = {

@@ -21,10 +21,11 @@ from typing import Callable
 
 from pipeline.cache import Cache
 from pipeline.executors.processes import Children, Standby, Worker, run_worker
+from pipeline.job import Job, Row
 from pipeline.obtain import find, worker_payload
 
 
-def row_for(job: dict, **kw) -> dict:
+def row_for(job: Job, **kw) -> Row:
     """A report row for a job (status failed until said otherwise)."""
     base = {
         "key": job["key"],

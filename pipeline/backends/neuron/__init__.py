@@ -192,7 +192,9 @@ class NeuronBackend(Backend):
         cast = keys.canonical_cast_type(spec["cast_type"])
         dtype = getattr(torch, TORCH_DTYPE_NAME[cast])
         shapes = spec["shapes"]
-        with tempfile.TemporaryDirectory(prefix="neuron-ckpt-") as tmp:
+        # The checkpoint goes under the build folder (the cache's own temp dir), never the system
+        # /tmp: a multi-GB model on a small /tmp is a full disk, and a crash leaves it to gc.
+        with tempfile.TemporaryDirectory(prefix=".neuron-ckpt-", dir=workdir) as tmp:
             path = self._checkpoint_dir(model, tmp)
             config = AutoConfig.from_pretrained(path)
             config = config.get_text_config() if hasattr(config, "get_text_config") else config
