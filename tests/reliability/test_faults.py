@@ -81,6 +81,20 @@ def no_survivors(marker: str, within: float = 5) -> list[int]:
     return left
 
 
+def seeded(smoke, dest: Path, casts=("fp32", "bf16")) -> Path:
+    """A cache holding the smoke run's tiny-bert b1 s16 entries (the TINY / TWO jobs), so a test
+    that needs finished entries does not compile them again."""
+    import shutil
+
+    wanted = {r["key"] for r in smoke["report"]["jobs"] if r["model"] == "tiny-bert" and r["cast_type"] in casts
+              and r["shapes"] == {"batch_size": 1, "sequence_length": 16}}  # fmt: skip
+    assert len(wanted) == len(casts)
+    for key in wanted:
+        shutil.copytree(smoke["cache"] / key[:2] / key, dest / key[:2] / key, ignore=shutil.ignore_patterns("*.lock"))
+    shutil.copytree(smoke["cache"] / ".refs", dest / ".refs")
+    return dest
+
+
 def locks_free(cache: Path) -> bool:
     """Whether every key lock can be taken at once (a dead holder's flock is released)."""
     for path in (cache / ".locks").glob("*.lock"):
@@ -121,29 +135,30 @@ def test_signal_stops_the_run_kills_every_child_and_writes_the_report(tmp_path, 
     assert locks_free(run.cache)
 
 
-def test_a_rerun_after_ctrl_c_reuses_every_finished_entry(tmp_path, tiny_models):
-    run = Run(tmp_path, *TWO)
-    run.wait_for(lambda: len(entries_sound(run.cache)) == 1 and run.compiling())  # the first job passed
+def test_a_rerun_after_ctrl_c_reuses_every_finished_entry(tmp_path, smoke):
+    cache = seeded(smoke, tmp_path / "cache", casts=("fp32",))  # the first job finished in an earlier run
+    run = Run(tmp_path, *TWO, cache=cache)
+    run.wait_for(run.compiling)  # the second one is compiling
     run.proc.send_signal(signal.SIGINT)
     rc, out = run.finish(timeout=60)
     assert rc == 130, out[-2000:]
-    assert [j["status"] for j in latest_report(run.runs)["jobs"]] == ["passed", "interrupted"]
-    again = Run(tmp_path, *TWO)
+    assert [j["status"] for j in latest_report(run.runs)["jobs"]] == ["cached", "interrupted"]
+    again = Run(tmp_path, *TWO, cache=cache)
     rc, out = again.finish()
     assert rc == 0, out[-3000:]
     assert [j["status"] for j in latest_report(again.runs)["jobs"]] == ["cached", "passed"]
     assert len(entries_sound(again.cache)) == 2
 
 
-def test_sigkill_of_the_pipeline_takes_its_children_and_a_rerun_completes(tmp_path, tiny_models):
-    run = Run(tmp_path, *TWO)
+def test_sigkill_of_the_pipeline_takes_its_children_and_a_rerun_completes(tmp_path, smoke):
+    run = Run(tmp_path, *TWO, cache=seeded(smoke, tmp_path / "cache", casts=("fp32",)))
     run.wait_for(run.compiling)
     time.sleep(3)
     run.proc.kill()
     run.proc.wait()
     assert no_survivors(run.marker) == [], "workers outlived a SIGKILLed pipeline"
     assert locks_free(run.cache), "a key lock is still held"
-    again = Run(tmp_path, *TWO)
+    again = Run(tmp_path, *TWO, cache=run.cache)
     rc, out = again.finish()
     assert rc == 0, out[-3000:]
     assert len(entries_sound(again.cache)) == 2
@@ -245,11 +260,10 @@ def test_a_worker_over_its_memory_cap_is_reported_out_of_memory(tmp_path, tiny_m
 
 
 @pytest.mark.parametrize("damage", ["truncate", "bitflip", "delete"])
-def test_a_damaged_local_entry_is_found_and_rebuilt(tmp_path, tiny_models, damage):
-    first = Run(tmp_path, *TINY)
-    assert first.finish()[0] == 0
-    (key,) = entries_sound(first.cache)
-    victim = first.cache / key[:2] / key / "model.pt2"
+def test_a_damaged_local_entry_is_found_and_rebuilt(tmp_path, smoke, damage):
+    cache = seeded(smoke, tmp_path / "cache", casts=("fp32",))
+    (key,) = entries_sound(cache)
+    victim = cache / key[:2] / key / "model.pt2"
     data = bytearray(victim.read_bytes())
     if damage == "truncate":
         victim.write_bytes(data[: len(data) // 2])
@@ -258,7 +272,7 @@ def test_a_damaged_local_entry_is_found_and_rebuilt(tmp_path, tiny_models, damag
         victim.write_bytes(bytes(data))
     else:
         victim.unlink()
-    again = Run(tmp_path, *TINY)
+    again = Run(tmp_path, *TINY, cache=cache)
     rc, out = again.finish()
     assert rc == 0, out[-2000:]
     (row,) = latest_report(again.runs)["jobs"]
@@ -270,10 +284,10 @@ def _publish_local(tmp_path: Path, cache: Path, *extra: str) -> Run:
     return Run(tmp_path, *extra, "publish=local", f"publish.dir={tmp_path / 'shared'}", cache=cache)
 
 
-def test_a_shared_entry_that_matches_its_manifest_but_gives_wrong_outputs_is_refused(tmp_path, tiny_models):
+def test_a_shared_entry_that_matches_its_manifest_but_gives_wrong_outputs_is_refused(tmp_path, smoke):
     """Someone with write access to the shared cache swaps the fp32 artifact for the bf16 one and
     rewrites the manifest's hashes: the files are 'intact', the outputs are not fp32's."""
-    seed = _publish_local(tmp_path, tmp_path / "seed-cache", *TWO)
+    seed = _publish_local(tmp_path, seeded(smoke, tmp_path / "seed-cache"), *TWO)
     rc, out = seed.finish()
     assert rc == 0, out[-2000:]
     rows = {r["cast_type"]: r for r in latest_report(seed.runs)["jobs"]}
@@ -295,8 +309,8 @@ def test_a_shared_entry_that_matches_its_manifest_but_gives_wrong_outputs_is_ref
     assert "fetched_from" not in fetched
 
 
-def test_a_sound_shared_entry_is_fetched_and_reverified_not_compiled(tmp_path, tiny_models):
-    seed = _publish_local(tmp_path, tmp_path / "seed-cache", *TINY)
+def test_a_sound_shared_entry_is_fetched_and_reverified_not_compiled(tmp_path, smoke):
+    seed = _publish_local(tmp_path, seeded(smoke, tmp_path / "seed-cache", casts=("fp32",)), *TINY)
     assert seed.finish()[0] == 0
     user = _publish_local(tmp_path, tmp_path / "user-cache", *TINY)
     rc, out = user.finish()
@@ -308,8 +322,8 @@ def test_a_sound_shared_entry_is_fetched_and_reverified_not_compiled(tmp_path, t
     assert manifest["fetched_from"]["source"].endswith("cache")
 
 
-def test_a_truncated_shared_download_is_refused_by_its_manifest(tmp_path, tiny_models):
-    seed = _publish_local(tmp_path, tmp_path / "seed-cache", *TINY)
+def test_a_truncated_shared_download_is_refused_by_its_manifest(tmp_path, smoke):
+    seed = _publish_local(tmp_path, seeded(smoke, tmp_path / "seed-cache", casts=("fp32",)), *TINY)
     assert seed.finish()[0] == 0
     (entry,) = (tmp_path / "shared" / "cache").glob("*/*/*")
     data = (entry / "model.pt2").read_bytes()
