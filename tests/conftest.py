@@ -71,3 +71,52 @@ def smoke(tiny_models):
     proc = subprocess.run(["make", "-s", "demo"], cwd=REPO, env=env, capture_output=True, text=True, timeout=3600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return {"cache": cache, "runs": runs, "env": env, "stdout": proc.stdout, "report": latest_report(runs)}
+
+
+def marked(marker: str) -> list[int]:
+    """pids of live processes whose environment carries the marker (tests find the processes
+    a run they started left behind this way: workers, standbys, verifiers, Ray workers)."""
+    out = []
+    for d in Path("/proc").iterdir():
+        if d.name.isdigit():
+            try:
+                if marker.encode() in (d / "environ").read_bytes() and (d / "stat").read_text().split()[2] != "Z":
+                    out.append(int(d.name))
+            except OSError:
+                continue
+    return [p for p in out if p != os.getpid()]
+
+
+def artifact_config(key: str) -> dict:
+    """config.json of a hand-made inductor feature-extraction artifact folder (tiny BERT, b1 s16),
+    for tests of what from_pretrained does with broken or hostile folders."""
+    return {
+        "model_type": "bert",
+        "vocab_size": 128,
+        "hidden_size": 32,
+        "num_hidden_layers": 1,
+        "num_attention_heads": 2,
+        "intermediate_size": 37,
+        "max_position_embeddings": 64,
+        "compiled": {
+            "format": "aoti-pt2",
+            "file": "model.pt2",
+            "input_names": ["input_ids", "attention_mask"],
+            "output_names": ["last_hidden_state"],
+            "dtype": "float32",
+            "device": "cpu",
+            "dynamic_batch_size": False,
+        },
+        "pipeline": {
+            "key": key,
+            "spec": {"backend": {"name": "inductor", "options": {}}, "dynamic_batch_size": False},
+            "task": "feature-extraction",
+            "shapes": {"batch_size": 1, "sequence_length": 16},
+            "cast_type": "fp32",
+            "backend": "inductor",
+            "backend_options": {"name": "inductor"},
+            "model_id": "x",
+            "input_names": ["input_ids", "attention_mask"],
+        },
+    }
+

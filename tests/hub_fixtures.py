@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -17,6 +18,9 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+
+from pipeline import keys
+from pipeline.cache import Cache
 
 SERVER = Path(__file__).resolve().parent / "hubserver.py"
 TOKEN = "hf_TestTokenDoNotLeak0123456789"
@@ -113,3 +117,23 @@ def one_entry(tiny_models, tmp_path_factory):
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     jobs = json.loads((runs / "latest" / "plan.json").read_text())["jobs"]
     return {"cache": cache, "jobs": jobs, "rows": latest_report(runs)["jobs"]}
+
+
+def fake_variant(job: dict, row: dict, cache: Path, batch_size: int) -> tuple[dict, dict]:
+    """A second, distinct entry (its own spec and key) from a compiled entry's files: enough to
+    publish, without paying for a second compile. Returns its (row, job), made from the given ones."""
+    job = json.loads(json.dumps(job))
+    c = Cache(cache)
+    src = c.entry_dir(job["key"])
+    manifest = json.loads((src / "manifest.json").read_text())
+    spec = dict(manifest["spec"], shapes=dict(manifest["spec"]["shapes"], batch_size=batch_size))
+    key = keys.key_of(spec)
+    tmp = c.new_tmp(key)
+    for p in src.iterdir():
+        if p.is_file() and p.name != "manifest.json" and not p.name.startswith("."):
+            shutil.copy(p, tmp / p.name)
+    base = {k: v for k, v in manifest.items() if k not in ("key", "files", "created_at")}
+    dest = c.commit(key, tmp, dict(base, spec=spec))
+    job.update(key=key, spec=spec, shapes=spec["shapes"])
+    return dict(row, key=key, shapes=spec["shapes"], artifact=str(dest)), job
+

@@ -27,7 +27,7 @@ import pytest  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from conftest import REPO, cli_env, latest_report, run_cli  # noqa: E402
-from hub_fixtures import TOKEN, HubProc, hub, hub_client_online  # noqa: E402,F401
+from hub_fixtures import TOKEN, HubProc, fake_variant, hub, hub_client_online  # noqa: E402,F401
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -37,7 +37,7 @@ def _hub_client_online():
 
 
 from pipeline import hub as hub_client  # noqa: E402
-from pipeline import keys, publish, shared_cache  # noqa: E402
+from pipeline import publish, shared_cache  # noqa: E402
 from pipeline.cache import Cache  # noqa: E402
 
 ONE_JOB = ["matrix.models=[tiny-bert]", "matrix.cast_types=[fp32]", "matrix.shapes=[{batch_size:1,sequence_length:16}]"]
@@ -126,26 +126,6 @@ def api_for(url: str, token: str = TOKEN):
     from huggingface_hub import HfApi
 
     return HfApi(endpoint=url, token=token)
-
-
-def fake_variant(built, cache: Path, batch_size: int) -> tuple[dict, dict]:
-    """A second, distinct entry (its own spec and key) from the compiled one's files: enough
-    to publish, without paying for a second compile."""
-    job = json.loads(json.dumps(built["jobs"][0]))
-    src = Cache(cache).entry_dir(job["key"])
-    manifest = json.loads((src / "manifest.json").read_text())
-    spec = dict(manifest["spec"], shapes=dict(manifest["spec"]["shapes"], batch_size=batch_size))
-    key = keys.key_of(spec)
-    c = Cache(cache)
-    tmp = c.new_tmp(key)
-    for p in src.iterdir():
-        if p.is_file() and p.name != "manifest.json" and not p.name.startswith("."):
-            shutil.copy(p, tmp / p.name)
-    base = {k: v for k, v in manifest.items() if k not in ("key", "files", "created_at")}
-    dest = c.commit(key, tmp, dict(base, spec=spec))
-    job.update(key=key, spec=spec, shapes=spec["shapes"])
-    row = dict(rows_for(built)[0], key=key, shapes=spec["shapes"], artifact=str(dest))
-    return row, job
 
 
 # --------------------------------------------------------------------------- end to end
@@ -433,7 +413,7 @@ def test_server_killed_mid_publish_then_rerun_completes(built, tmp_path):
 
 def test_two_publishers_same_cache_repo_at_once(built, hub, tmp_path):
     cache = copy_cache(built, tmp_path / "cache")
-    variants = [fake_variant(built, cache, 3), fake_variant(built, cache, 4)]
+    variants = [fake_variant(built["jobs"][0], rows_for(built)[0], cache, b) for b in (3, 4)]
     hub.faults(commit_delay_s=0.5)  # both read the same head, so one commit meets a stale parent
     results: list[dict] = []
     try:

@@ -24,7 +24,7 @@ import uuid
 from pathlib import Path
 
 import pytest
-from conftest import REPO, cli_env, latest_report
+from conftest import REPO, cli_env, latest_report, marked
 from hub_fixtures import TOKEN, hub, hub_client_online, one_entry  # noqa: F401
 
 pytest.importorskip("ray", reason="executor=ray needs the ray extra: pip install -e '.[ray]'")
@@ -41,16 +41,6 @@ TWO = [*TINY, "matrix.cast_types=[fp32,bf16]"]
 THREE = [*TINY, "matrix.cast_types=[fp32,bf16,fp16]"]
 
 
-def marked(marker: str) -> list[int]:
-    out = []
-    for d in Path("/proc").iterdir():
-        if d.name.isdigit():
-            try:
-                if marker.encode() in (d / "environ").read_bytes() and (d / "stat").read_text().split()[2] != "Z":
-                    out.append(int(d.name))
-            except OSError:
-                continue
-    return [p for p in out if p != os.getpid()]
 
 
 def cmdline(pid: int) -> str:

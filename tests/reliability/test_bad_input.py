@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import REPO, cli_env, run_cli
+from conftest import REPO, artifact_config, cli_env, run_cli
 
 from pipeline import model_entries, modeling
 from pipeline.cache import MANIFEST, Cache
@@ -194,35 +194,7 @@ def test_real_hub_ids_still_validate(monkeypatch):
 
 
 # --------------------------------------------------------------------------- 4./5. artifact folders
-ARTIFACT_CONFIG = {
-    "model_type": "bert",
-    "vocab_size": 128,
-    "hidden_size": 32,
-    "num_hidden_layers": 1,
-    "num_attention_heads": 2,
-    "intermediate_size": 37,
-    "max_position_embeddings": 64,
-    "compiled": {
-        "format": "aoti-pt2",
-        "file": "model.pt2",
-        "input_names": ["input_ids", "attention_mask"],
-        "output_names": ["last_hidden_state"],
-        "dtype": "float32",
-        "device": "cpu",
-        "dynamic_batch_size": False,
-    },
-    "pipeline": {
-        "key": "ab" * 32,
-        "spec": {"backend": {"name": "inductor", "options": {}}, "dynamic_batch_size": False},
-        "task": FE,
-        "shapes": {"batch_size": 1, "sequence_length": 16},
-        "cast_type": "fp32",
-        "backend": "inductor",
-        "backend_options": {"name": "inductor"},
-        "model_id": "x",
-        "input_names": ["input_ids", "attention_mask"],
-    },
-}
+ARTIFACT_CONFIG = artifact_config("ab" * 32)
 
 
 def artifact(folder: Path, config: dict | None = None, manifest: bool = True, **files: bytes) -> Path:

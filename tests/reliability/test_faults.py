@@ -18,7 +18,7 @@ import uuid
 from pathlib import Path
 
 import pytest
-from conftest import REPO, cli_env, latest_report
+from conftest import REPO, cli_env, latest_report, marked
 from filelock import FileLock, Timeout
 
 from pipeline.cache import MANIFEST, check_integrity, file_table
@@ -29,17 +29,6 @@ TINY = ["+model=tiny-bert", "matrix.shapes=[{batch_size: 1, sequence_length: 16}
 TWO = [*TINY, "matrix.cast_types=[fp32,bf16]"]
 
 
-def marked(marker: str) -> list[int]:
-    """pids of live processes whose environment carries the marker."""
-    out = []
-    for d in Path("/proc").iterdir():
-        if d.name.isdigit():
-            try:
-                if marker.encode() in (d / "environ").read_bytes() and (d / "stat").read_text().split()[2] != "Z":
-                    out.append(int(d.name))
-            except OSError:
-                continue
-    return [p for p in out if p != os.getpid()]
 
 
 class Run:

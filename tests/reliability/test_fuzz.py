@@ -14,7 +14,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
-from conftest import REPO
+from conftest import REPO, artifact_config
 from hydra import compose, initialize_config_dir
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
@@ -188,35 +188,7 @@ def test_manifest_reader_and_integrity_check_on_random_json(tmp_path, doc):
 
 
 # --------------------------------------------------------------------------- (c) from_pretrained's reader
-ARTIFACT = {
-    "model_type": "bert",
-    "vocab_size": 128,
-    "hidden_size": 32,
-    "num_hidden_layers": 1,
-    "num_attention_heads": 2,
-    "intermediate_size": 37,
-    "max_position_embeddings": 64,
-    "compiled": {
-        "format": "aoti-pt2",
-        "file": "model.pt2",
-        "input_names": ["input_ids", "attention_mask"],
-        "output_names": ["last_hidden_state"],
-        "dtype": "float32",
-        "device": "cpu",
-        "dynamic_batch_size": False,
-    },
-    "pipeline": {
-        "key": KEY64,
-        "spec": {"backend": {"name": "inductor", "options": {}}, "dynamic_batch_size": False},
-        "task": "feature-extraction",
-        "shapes": {"batch_size": 1, "sequence_length": 16},
-        "cast_type": "fp32",
-        "backend": "inductor",
-        "backend_options": {"name": "inductor"},
-        "model_id": "x",
-        "input_names": ["input_ids", "attention_mask"],
-    },
-}
+ARTIFACT = artifact_config(KEY64)
 CLEAR = (modeling.ArtifactError, modeling.ArtifactNotFoundError)
 
 

@@ -26,10 +26,10 @@ import yaml  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from conftest import REPO, cli_env, latest_report, run_cli  # noqa: E402
-from hub_fixtures import TOKEN, hub, hub_client_online, one_entry  # noqa: E402,F401
+from hub_fixtures import TOKEN, fake_variant, hub, hub_client_online, one_entry  # noqa: E402,F401
 
 from pipeline import hub as hub_client  # noqa: E402
-from pipeline import keys, publish, shared_cache, source_card  # noqa: E402
+from pipeline import publish, shared_cache, source_card  # noqa: E402
 from pipeline.cache import Cache, sha256_file  # noqa: E402
 
 APACHE = "---\nlicense: apache-2.0\ntags: [tiny]\n---\n# tiny-bert\n"
@@ -77,25 +77,6 @@ def rows_jobs(one_entry, cache: Path, model: Path | dict | None = None) -> tuple
     elif model is not None:
         jobs[0]["model"] = model
     return rows, jobs
-
-
-def second_variant(one_entry, cache: Path, batch_size: int) -> tuple[dict, dict]:
-    """Another entry (own spec and key) from the compiled one's files: a second variant to publish."""
-    job = json.loads(json.dumps(one_entry["jobs"][0]))
-    src = Cache(cache).entry_dir(job["key"])
-    manifest = json.loads((src / "manifest.json").read_text())
-    spec = dict(manifest["spec"], shapes=dict(manifest["spec"]["shapes"], batch_size=batch_size))
-    key = keys.key_of(spec)
-    c = Cache(cache)
-    tmp = c.new_tmp(key)
-    for p in src.iterdir():
-        if p.is_file() and p.name != "manifest.json":
-            shutil.copy(p, tmp / p.name)
-    base = {k: v for k, v in manifest.items() if k not in ("key", "files", "created_at")}
-    dest = c.commit(key, tmp, dict(base, spec=spec))
-    job.update(key=key, spec=spec, shapes=spec["shapes"])
-    row = dict(one_entry["rows"][0], key=key, shapes=spec["shapes"], artifact=str(dest), status="passed")
-    return row, job
 
 
 def hub_cfg(url: str, namespace: str, cache_repo: str | None = None, **kw) -> dict:
@@ -252,7 +233,7 @@ def test_extra_gated_prompt_refused_and_hub_gating_checked_online(one_entry, hub
 def test_two_variants_on_one_target_fail_before_any_push(one_entry, hub, tmp_path):
     cache = copy_cache(one_entry, tmp_path / "cache")
     rows, jobs = rows_jobs(one_entry, cache)
-    row2, job2 = second_variant(one_entry, cache, 3)
+    row2, job2 = fake_variant(one_entry["jobs"][0], dict(one_entry["rows"][0], status="passed"), cache, 3)
     rows, jobs = rows + [row2], jobs + [job2]
     before = hub.stats()
     cfg = hub_cfg(hub.url, "dup", "dup/cache", repo_template="{namespace}/{model_name}")
