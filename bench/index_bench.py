@@ -12,21 +12,14 @@ from __future__ import annotations
 import argparse
 import hashlib
 import statistics
-import subprocess
 import tempfile
 import time
 from pathlib import Path
 
+from common import lscpu
+
 from pipeline.listing import shared_variants
 from pipeline.shared_cache import INDEX, index_row, merged_index
-
-
-def cpu_line() -> str:
-    out = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
-    model = next((ln.split(":", 1)[1].strip() for ln in out.splitlines() if ln.startswith("Model name")), "?")
-    flags = next((ln.split(":", 1)[1].split() for ln in out.splitlines() if ln.startswith("Flags")), [])
-    wanted = [f for f in flags if f.startswith(("avx512", "amx", "avx2"))]
-    return f"{model}; flags: {' '.join(wanted)}"
 
 
 def main() -> int:
@@ -71,7 +64,8 @@ def main() -> int:
             times.append(time.perf_counter() - t)
         size = path.stat().st_size
     median = statistics.median(times)
-    print(cpu_line())
+    cpu, flags = lscpu()
+    print(f"{cpu}; flags: {' '.join(f for f in flags.split() if f.startswith(('avx512', 'amx', 'avx2')))}")
     print(
         f"index of {args.entries} entries ({size / 1e6:.1f} MB): read + filter median {median * 1000:.0f} ms "
         f"({len(found)} variants of model-7); goal <= 1 s: {'MET' if median <= 1 else 'NOT MET'}"

@@ -30,6 +30,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from common import run_pipeline  # noqa: E402  (bench/ is the script's folder)
+
 DIRECT = r"""
 import json, sys, tempfile, time
 from pathlib import Path
@@ -82,15 +84,8 @@ def run_cli(
         "executor.workers=1",
         "matrix.include=[]",
         "matrix.exclude=[]",
-        f"cache.dir={work / 'cache'}",
-        f"report.dir={work / 'runs'}",
     ]
-    t = time.perf_counter()
-    proc = subprocess.run([sys.executable, "-m", "pipeline", *args], cwd=REPO, env=env, capture_output=True, text=True)
-    wall = time.perf_counter() - t
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    rows = json.loads((work / "runs" / "latest" / "report.json").read_text())["jobs"]
-    assert all(r["status"] == "passed" for r in rows), [(r["model"], r["status"], r["error"]) for r in rows]
+    wall, rows, _ = run_pipeline(args, work, env)
     return wall, rows
 
 

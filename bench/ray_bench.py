@@ -15,44 +15,26 @@ bench/results/ray.md.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
+
+from common import lscpu, run_pipeline  # noqa: E402  (bench/ is the script's folder)
+
 OUT = REPO / "bench" / "results" / "ray.md"
-
-
-def lscpu() -> tuple[str, str]:
-    try:
-        out = subprocess.run(["lscpu"], capture_output=True, text=True, timeout=10).stdout
-    except (OSError, subprocess.SubprocessError):
-        return "unknown CPU", ""
-    info = dict(line.split(":", 1) for line in out.splitlines() if ":" in line)
-    cpu = f"{info.get('Model name', '?').strip()}, {os.cpu_count()} CPUs"
-    return cpu, info.get("Flags", "").strip()
 
 
 def run_arm(executor: str, matrix: list[str], work: Path) -> tuple[float, list[dict], str]:
     env = dict(os.environ, HF_HUB_OFFLINE="1", PYTHONUNBUFFERED="1", RAY_USAGE_STATS_ENABLED="0",
                TORCHINDUCTOR_CACHE_DIR=str(work / "inductor"))  # fmt: skip
     env.pop("RAY_ADDRESS", None)
-    args = [*matrix, f"executor={executor}", "executor.workers=2", f"cache.dir={work / 'cache'}",
-            f"report.dir={work / 'runs'}"]  # fmt: skip
-    t = time.perf_counter()
-    proc = subprocess.run([sys.executable, "-m", "pipeline", *args], cwd=REPO, env=env, capture_output=True, text=True)
-    wall = time.perf_counter() - t
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    rows = json.loads((work / "runs" / "latest" / "report.json").read_text())["jobs"]
-    assert all(r["status"] == "passed" for r in rows), [(r["model"], r["status"], r["error"]) for r in rows]
-    return wall, rows, proc.stdout
+    return run_pipeline([*matrix, f"executor={executor}", "executor.workers=2"], work, env)
 
 
 def stats(rows: list[dict]) -> dict:
