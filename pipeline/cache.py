@@ -63,8 +63,9 @@ def file_table(folder: Path) -> dict[str, dict[str, Any]]:
 
 
 def safe_rel(rel: object) -> bool:
-    """A relative path inside a folder: no absolute path, no `..`, no empty or dot parts."""
-    if not isinstance(rel, str) or not rel or rel.startswith("/") or "\\" in rel:
+    """A relative path inside a folder: no absolute path, no `..`, no empty or `.` parts, no
+    backslash or NUL. (Every reader of a file table from elsewhere checks its names with this.)"""
+    if not isinstance(rel, str) or not rel or rel.startswith("/") or "\\" in rel or "\0" in rel:
         return False
     return all(part and part not in (".", "..") for part in rel.split("/"))
 

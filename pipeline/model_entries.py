@@ -210,6 +210,11 @@ HUB_ID = re.compile(
 REVISION = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._/-]{0,127}$")
 
 
+def is_hub_id(value: object) -> bool:
+    """A safe Hub repo id: 'name' or 'org/name', no '..' or '--' (which the Hub reserves)."""
+    return isinstance(value, str) and ".." not in value and "--" not in value and bool(HUB_ID.match(value))
+
+
 # First path components that are local folders, never a Hub organisation.
 LOCAL_ROOTS = ("artifacts",)
 SMOKE_MODELS = "artifacts/models"
@@ -261,7 +266,7 @@ def check_model_id(model_id: str) -> str | None:
         if not _is_file(p / "config.json"):
             return f"local model folder {model_id!r} has no config.json"
         return None
-    if ".." in model_id or "--" in model_id or not HUB_ID.match(model_id):
+    if not is_hub_id(model_id):
         return (
             f"{model_id!r} is not a valid Hub repo id (expected 'name' or 'org/name' of letters, digits, '-', '_', '.')"
         )

@@ -28,7 +28,7 @@ from pipeline import keys, local_paths, source_card
 from pipeline.cache import MANIFEST, Cache, check_integrity, is_artifact_file, sha256_file
 from pipeline.hub import FileSpec, PublishError, commit_files, hub_api, scrub
 from pipeline.local_layout import local_repo_dir, write_local, write_local_index
-from pipeline.model_entries import HUB_ID, check_revision, offline
+from pipeline.model_entries import check_revision, is_hub_id, offline
 from pipeline.shared_cache import cache_path, clean_name, index_row, index_update, local_cache_root, platform_tag
 from pipeline.tasks import TASKS
 
@@ -67,10 +67,6 @@ def _render(template: Any, fields: dict) -> tuple[str | None, str | None]:
         return None, f"malformed template {template!r} ({type(e).__name__}: {e})"
 
 
-def _bad_repo_id(repo_id: str) -> bool:
-    return not isinstance(repo_id, str) or not HUB_ID.match(repo_id) or ".." in repo_id or "--" in repo_id
-
-
 def _target_of(pc: dict, fields: dict) -> tuple[str | None, str | None, list[str]]:
     """(repo_id, revision, the problems of the templates) for these fields."""
     errors, revision = [], None
@@ -79,7 +75,7 @@ def _target_of(pc: dict, fields: dict) -> tuple[str | None, str | None, list[str
         if why or check_revision(revision):
             errors.append(f"publish.revision_template: {why or check_revision(revision)}")
     repo_id, why = _render(_repo_template(pc), fields)
-    if why or _bad_repo_id(repo_id):
+    if why or not is_hub_id(repo_id):
         errors.append(f"publish.repo_template: {why or f'gives {repo_id!r}, which is not a valid Hub repo id'}")
     return repo_id, revision, errors
 
@@ -89,14 +85,14 @@ def check_templates(publish_cfg: dict) -> list[str]:
     as "publish.<field>: why" (pure: for validation; the publisher checks it again)."""
     pc = publish_cfg or {}
     errors, ns = [], pc.get("namespace") or "compiled"
-    if _bad_repo_id(ns) or "/" in ns:
+    if not is_hub_id(ns) or "/" in ns:
         errors, ns = [f"publish.namespace: {ns!r} is not a valid Hub namespace"], "compiled"
     errors += _target_of(pc, dict(_SAMPLE, namespace=ns))[2]
     repo = pc.get("cache_repo")
     if repo is not None and pc.get("name") == "local":
         if not isinstance(repo, str) or not repo or repo.startswith(("/", "~", "\\")) or ".." in repo:
             errors.append(f"publish.cache_repo: {repo!r} would write outside publish.dir; use a relative name")
-    elif repo is not None and _bad_repo_id(repo):
+    elif repo is not None and not is_hub_id(repo):
         errors.append(f"publish.cache_repo: {repo!r} is not a valid Hub repo id (expected 'org/name')")
     return errors
 

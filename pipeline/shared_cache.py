@@ -17,7 +17,7 @@ import shutil
 from pathlib import Path
 
 from pipeline import keys
-from pipeline.cache import MANIFEST, check_integrity
+from pipeline.cache import MANIFEST, check_integrity, safe_rel
 from pipeline.hub import FileSpec, PublishError, _call, _head, hub_api, read_file, scrub
 from pipeline.model_entries import offline
 
@@ -71,12 +71,8 @@ def local_cache_root(publish_cfg: dict) -> Path:
 
 
 def _safe_rel(rel: str) -> bool:
-    parts = rel.split("/")
-    return (
-        bool(rel)
-        and not rel.startswith("/")
-        and all(p and p not in (".", "..") and not p.startswith(".") for p in parts)
-    )
+    """A shared entry's file name: inside the entry and no dot file (those are never published)."""
+    return safe_rel(rel) and not any(part.startswith(".") for part in rel.split("/"))
 
 
 class _HubSource:

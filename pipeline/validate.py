@@ -18,14 +18,14 @@ from omegaconf import DictConfig, ListConfig
 
 from pipeline import keys
 from pipeline.backends import MODULES, get_backend, options_class
-from pipeline.cache import MANIFEST, check_integrity, is_artifact_file
+from pipeline.cache import MANIFEST, check_integrity, is_artifact_file, safe_rel
 from pipeline.config import MODES, RunConfig
 from pipeline.executors import EXECUTORS
 from pipeline.model_entries import (
-    HUB_ID,
     POSITION_OFFSET,
     ModelConfigError,
     entry_from,
+    is_hub_id,
     read_json_object,
     validation_job,
 )
@@ -183,7 +183,7 @@ def validate(cfg: dict) -> Resolved:
     elif cfg["publish"].get("name") != "none" or cfg["publish"].get("cache_repo"):
         errors += check_templates(cfg["publish"])
     for i, repo in enumerate((cfg.get("shared_cache") or {}).get("trusted_repos") or []):
-        if not isinstance(repo, str) or not HUB_ID.match(repo):
+        if not is_hub_id(repo):
             errors.append(f"shared_cache.trusted_repos[{i}]: {repo!r} is not a Hub repo id")
     if cfg["cache"].get("max_size_gb", 1) <= 0:
         errors.append("cache.max_size_gb: must be > 0")
@@ -415,7 +415,7 @@ def check_artifact_manifest(folder: Path, integrity: bool) -> dict | None:
     if not isinstance(files, dict) or not isinstance(manifest.get("verification") or {}, dict):
         raise ArtifactError(f"{path}: 'files' and 'verification' must be mappings")
     for rel, meta in files.items():
-        if rel.startswith("/") or ".." in rel.split("/") or "\\" in rel or "\0" in rel or not rel:
+        if not safe_rel(rel):
             raise ArtifactError(f"{path}: files: {rel!r} is not a path inside the artifact folder")
         if not isinstance(meta, dict) or not isinstance(meta.get("sha256"), str) or type(meta.get("size")) is not int:
             raise ArtifactError(f"{path}: files.{rel}: expected {{sha256, size}}, got {meta!r}")
