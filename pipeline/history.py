@@ -42,30 +42,37 @@ def tokens_of(shapes: dict) -> int:
     return max(1, int(shapes.get("batch_size") or 1) * int(shapes.get("sequence_length") or 1))
 
 
+def _record(path: Path, source: str) -> Record | None:
+    """One manifest or failure record as history; None when it is unreadable (no history)."""
+    try:
+        data = json.loads(Path(path).read_text())
+        spec = data["spec"]
+        model = data.get("model") or {}
+        return Record(
+            key=data.get("key") or (Path(path).parent.name if source == "entry" else Path(path).stem),
+            model=model.get("name") or spec["model"]["id"],
+            backend=spec["backend"]["name"],
+            task=spec["task"],
+            cast_type=spec["cast_type"],
+            shapes=spec["shapes"],
+            params=model.get("params"),
+            seconds=None if data.get("fetched_from") else seconds_of(data.get("timings") or {}),
+            spec=spec,
+            when=str(data.get("created_at") or data.get("failed_at") or ""),
+            source=source,
+        )
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return None
+
+
+def entry_record(cache: Cache, key: str) -> Record | None:
+    """One entry's record, without reading the others (a hit needs only its own)."""
+    return _record(cache.entry_dir(key) / MANIFEST, "entry")
+
+
 def history(cache: Cache) -> list[Record]:
     """Every entry and failure record of the cache, oldest first."""
-    out = []
     sources = [(p, "entry") for p in cache.root.glob(f"??/*/{MANIFEST}")]
     sources += [(p, "failure") for p in (cache.root / ".failures").glob("*.json")]
-    for path, source in sources:
-        try:
-            data = json.loads(Path(path).read_text())
-            spec = data["spec"]
-            model = data.get("model") or {}
-            record = Record(
-                key=data.get("key") or (Path(path).parent.name if source == "entry" else Path(path).stem),
-                model=model.get("name") or spec["model"]["id"],
-                backend=spec["backend"]["name"],
-                task=spec["task"],
-                cast_type=spec["cast_type"],
-                shapes=spec["shapes"],
-                params=model.get("params"),
-                seconds=None if data.get("fetched_from") else seconds_of(data.get("timings") or {}),
-                spec=spec,
-                when=str(data.get("created_at") or data.get("failed_at") or ""),
-                source=source,
-            )
-        except (OSError, ValueError, KeyError, TypeError, AttributeError):
-            continue  # an unreadable record is no history
-        out.append(record)
-    return sorted(out, key=lambda r: r.when)
+    records = [r for path, source in sources if (r := _record(path, source)) is not None]
+    return sorted(records, key=lambda r: r.when)

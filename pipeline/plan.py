@@ -18,7 +18,7 @@ from pipeline.backends import get_backend
 from pipeline.backends.neuron.rules import estimate_parameters
 from pipeline.cache import Cache
 from pipeline.estimate import estimate, static_cost
-from pipeline.history import history
+from pipeline.history import entry_record, history
 from pipeline.job import Job, Spec
 from pipeline.tasks import TASKS
 
@@ -196,11 +196,24 @@ def plan(resolved) -> list[Job]:
 
 def annotate(jobs: list[dict], cache: Cache) -> dict:
     """Each job's cache status, its estimated compile + verify time (with the basis) and, for a
-    miss, why it is rebuilt; plus the totals. The fields go into plan.json."""
-    records = history(cache)
+    miss, why it is rebuilt; plus the totals. The fields go into plan.json. The whole history is
+    read only when something needs it: an all-hit plan reads each hit's own manifest and no more."""
+    everything: list | None = None
+
+    def records_for(job: dict) -> list:
+        nonlocal everything
+        if job["status"] == "hit":
+            own = entry_record(cache, job["key"])
+            if own is not None and own.seconds:
+                return [own]
+        if everything is None:
+            everything = history(cache)
+        return everything
+
     totals = {"misses": 0, "miss_s": 0.0, "hits": 0, "hit_saved_s": 0.0}
     for job in jobs:
         job["status"] = cache.status(job["key"])
+        records = records_for(job)
         est = estimate(job, records)
         job["estimate"] = est.as_dict()
         if job["status"] == "hit":
