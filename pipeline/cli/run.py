@@ -159,7 +159,10 @@ def run(resolved, jobs: list[dict]) -> int:
     console.print(summary_table(final))
     cap = int(cfg["cache"]["max_size_gb"] * 1e9)
     cache = Cache(cfg["cache"]["dir"])
-    if not executor.interrupted and cache.root.is_dir():  # keep the cache under its cap after every run
+    # Keep the cache under its cap after every run that wrote to it (a local hit's row has no
+    # timings: a run of hits only added nothing, and walking a big cache for nothing is not free).
+    grew = any(r["status"] != "cached" or r.get("timings") for r in final)
+    if grew and not executor.interrupted and cache.root.is_dir():
         collected = gc(cache, cap, cfg["cache"]["stale_tmp_hours"])
         if any(collected["removed"].values()):
             console.print(describe_gc(collected) + f" (cache.max_size_gb={cfg['cache']['max_size_gb']})", markup=False)
