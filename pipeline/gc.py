@@ -2,9 +2,9 @@
 records, least recently used first, never anything another process holds locked.
 
 `mode=gc` runs it; every run that wrote to the cache ends with it when the cache is over
-`cache.max_size_gb`. Temp
-dirs of builds are removed only under their key's lock (a long build is never removed under
-itself); Inductor's cache is pruned only while no key is locked (no compile is running).
+`cache.max_size_gb`. Temp dirs of builds are removed only under their key's lock (a long build
+is never removed under itself); Inductor's cache is pruned only while no key is locked (no
+compile is running).
 """
 
 from __future__ import annotations
