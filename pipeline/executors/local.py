@@ -192,8 +192,3 @@ class LocalExecutor:
                 self.workers.add(kept)
         self.mine.worker = kept
         return result
-
-
-def execute(jobs: list[dict], cfg: dict, run_dir: Path, on_start: Callable, on_done: Callable) -> list[dict]:
-    """Run `jobs` here (a convenience over LocalExecutor for callers that need no stop())."""
-    return LocalExecutor(cfg, run_dir).execute(jobs, on_start, on_done)

@@ -75,10 +75,6 @@ class Worker:
     def __init__(self, proc: subprocess.Popen, capacity: int):
         self.proc, self.capacity, self.jobs = proc, capacity, 0
 
-    @property
-    def pid(self) -> int:
-        return self.proc.pid
-
     def can_take(self) -> bool:
         return self.proc.poll() is None and self.jobs < self.capacity and not self.proc.stdin.closed
 
