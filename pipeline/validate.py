@@ -197,7 +197,7 @@ def validate(cfg: dict) -> Resolved:
     backend_cfg = dict(cfg.get("backend") or {})
     bname = backend_cfg.get("name")
     backend = None
-    if bname not in MODULES:
+    if not isinstance(bname, str) or bname not in MODULES:
         errors.append(f"backend.name: {bname!r} is not a known backend; known: {', '.join(MODULES)}")
     else:
         before = len(errors)

@@ -65,8 +65,8 @@ def test_rebuild_names_exactly_the_fields_that_changed(smoke, tmp_path, monkeypa
     annotate([job], cache)
     assert job["status"] == "hit", "the copied folder should have the smoke entry's key"
 
-    config = json.loads((model / "config.json").read_text())
-    (model / "config.json").write_text(json.dumps(dict(config, layer_norm_eps=1e-6)))
+    built = (model / "config.json").read_bytes()
+    (model / "config.json").write_text(json.dumps(dict(json.loads(built), layer_norm_eps=1e-6)))
     (job,) = _jobs(base, smoke["cache"])
     annotate([job], cache)
     assert [f["path"] for f in job["rebuild"]["fields"]] == ["model.revision"], job["rebuild"]
@@ -74,7 +74,7 @@ def test_rebuild_names_exactly_the_fields_that_changed(smoke, tmp_path, monkeypa
 
     real = inductor_mod.package_version
     monkeypatch.setattr(inductor_mod, "package_version", lambda d: "99.0" if d == "transformers" else real(d))
-    (model / "config.json").write_text(json.dumps(config))  # back to the built content
+    (model / "config.json").write_bytes(built)  # back to the built content, byte for byte
     (job,) = _jobs(base, smoke["cache"])
     reason = rebuild.reason(job, history(cache))
     assert [f["path"] for f in reason["fields"]] == ["toolchain.transformers"], reason

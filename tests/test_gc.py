@@ -8,15 +8,26 @@ import json
 import os
 import shutil
 
-from conftest import run_cli
+from conftest import INDUCTOR_CACHE, run_cli
 
 from pipeline.cache import Cache
 from pipeline.gc import KINDS, gc, items
 
 
+def _size(folder) -> int:
+    return sum(f.stat().st_size for f in folder.rglob("*") if f.is_file())
+
+
 def test_gc_caps_every_part_of_the_cache_and_a_rerun_rebuilds_only_what_it_removed(smoke, tmp_path):
     root = tmp_path / "cache"
     shutil.copytree(smoke["cache"], root, ignore=shutil.ignore_patterns("*.lock"))
+    # The tests point every compile at one shared Inductor cache (conftest.INDUCTOR_CACHE), so the
+    # smoke cache has none of its own: give the copy a part of the real one, as a run would have.
+    small = [p for p in sorted(INDUCTOR_CACHE.iterdir()) if p.is_dir() and _size(p) < 5_000_000]
+    parts = small[:3]
+    assert parts, f"no Inductor cache in {INDUCTOR_CACHE}"
+    for part in parts:
+        shutil.copytree(part, root / ".inductor" / part.name, symlinks=True)
     cache = Cache(root)
     cache.record_failure("f" * 64, {"error": "an old failure", "spec": {}})
     before = {kind: sum(it.size for it in items(cache) if it.kind == kind) for kind in KINDS}
