@@ -1,7 +1,8 @@
 """One job end to end, in its own process.
 
     python -m pipeline.worker JOB.json RESULT.json
-    python -m pipeline.worker --standby BACKEND   (then jobs on stdin, one line each: ["JOB.json", "RESULT.json"])
+    python -m pipeline.worker --standby BACKEND [RUN_DIR]
+        then jobs on stdin, one line each: ["JOB.json", "RESULT.json", SENT_AT]; RUN_DIR only labels the process
 
 `pipeline.executors.processes.run_worker` is the other end: it starts (or hands a job to) such
 a process and waits for it with the job's timeout; the executors and
@@ -443,18 +444,18 @@ def _write_result(result: dict, out: Path) -> None:
 
 def serve(backend: str) -> int:
     """Import what every job needs, then take jobs from stdin, one JSON line each
-    (["JOB.json", "RESULT.json"]), until EOF. The executor decides how many jobs one process
+    (["JOB.json", "RESULT.json", SENT_AT]), until EOF. The executor decides how many jobs one process
     takes (executor.jobs_per_process) and closes stdin to let it go."""
     _standby_imports(backend)
-    served = 0
+    ready_at, served = time.time(), 0
     for line in sys.stdin:
         if not line.strip():
             continue
-        job_file, result_file = json.loads(line)
+        job_file, result_file, sent_at = json.loads(line)
         _redirect_output(Path(result_file).with_name("worker.log"))  # this job's output belongs to its log
         job = json.loads(Path(job_file).read_text())
         _limit_memory(job.get("memory_limit_gb"))
-        result = run_job(job, warm_start=True)
+        result = run_job(job, warm_start=sent_at >= ready_at)  # warm: the imports were done before the job came
         served += 1
         result["timings"]["jobs_in_process"] = served
         _write_result(result, Path(result_file))

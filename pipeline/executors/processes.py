@@ -81,7 +81,8 @@ class Worker:
     def send(self, job_file: Path, result_file: Path) -> bool:
         """Hand one job over; False when the process is gone."""
         try:
-            self.proc.stdin.write(json.dumps([str(job_file), str(result_file)]).encode() + b"\n")
+            line = [str(job_file), str(result_file), time.time()]  # when sent: was the process ready by then?
+            self.proc.stdin.write(json.dumps(line).encode() + b"\n")
             self.proc.stdin.flush()
             self.jobs += 1
             if self.jobs >= self.capacity:
@@ -111,7 +112,7 @@ class Worker:
 
 
 class Standby:
-    """Worker processes started ahead of need (`python -m pipeline.worker --standby BACKEND`).
+    """Worker processes started ahead of need (`python -m pipeline.worker --standby BACKEND RUN_DIR`).
     `take()` hands out a ready one (or None) and starts its replacement while jobs are still to
     come; `close()` ends the unused ones (EOF on stdin, then kill)."""
 
@@ -129,7 +130,8 @@ class Standby:
         with self.lock:
             self.started += 1
             n = self.started
-        proc = start_worker(["--standby", self.backend], logs / f"process-{n - 1}.log", self.env, stdin=subprocess.PIPE)
+        args = ["--standby", self.backend, str(self.run_dir)]  # the run dir names the run's processes in `ps`
+        proc = start_worker(args, logs / f"process-{n - 1}.log", self.env, stdin=subprocess.PIPE)
         self.children.add(proc)
         return Worker(proc, self.capacity)
 
