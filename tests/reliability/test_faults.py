@@ -84,11 +84,14 @@ def seeded(smoke, dest: Path, casts=("fp32", "bf16")) -> Path:
     return dest
 
 
-def locks_free(cache: Path) -> bool:
-    """Whether every key lock can be taken at once (a dead holder's flock is released)."""
+def locks_free(cache: Path, within: float = 5) -> bool:
+    """Whether every key lock can be taken (a dead holder's flock is released).
+
+    Waits up to `within` seconds: a process that is exiting has already lost its /proc environ
+    (so `marked` no longer lists it) a moment before the kernel closes its files."""
     for path in (cache / ".locks").glob("*.lock"):
         try:
-            with FileLock(str(path), timeout=0):
+            with FileLock(str(path), timeout=within):
                 pass
         except Timeout:
             return False
