@@ -287,6 +287,8 @@ class CompiledModel:
         b, s = inputs["input_ids"].shape
         batch, seq = self.shapes["batch_size"], self.shapes["sequence_length"]
         target_batch = b if (self.dynamic_batch_size and b <= max(batch, 2)) else batch
+        if b == target_batch and s == seq:  # the compiled shape: nothing to pad or cut (the common case)
+            return {name: v.float() for name, v in self.runner(**inputs).items()}
         padded = {n: self._pad(n, inputs[n], target_batch, seq) for n in self.input_names}
         out = self.runner(**padded)
         cut = {}
@@ -330,8 +332,11 @@ class CompiledModel:
                 if token_type_ids is None
                 else torch.as_tensor(token_type_ids).to(torch.int64)
             )
-        chunks = [self._run_chunk({k: v[i : i + limit] for k, v in inputs.items()}) for i in range(0, b, limit)]
-        merged = {k: torch.cat([c[k] for c in chunks], dim=0) for k in chunks[0]}
+        if b <= limit:
+            merged = self._run_chunk(inputs)
+        else:
+            chunks = [self._run_chunk({k: v[i : i + limit] for k, v in inputs.items()}) for i in range(0, b, limit)]
+            merged = {k: torch.cat([c[k] for c in chunks], dim=0) for k in chunks[0]}
         import transformers.modeling_outputs as mo
 
         output = getattr(mo, TASKS[self.task].output_class)(**merged)

@@ -246,13 +246,36 @@ class InductorBackend(Backend):
             return decoder.load_decoder(folder, info)
         package = torch._inductor.aoti_load_package(str(Path(folder) / info["file"]))
         names, outputs, device = info["input_names"], info["output_names"], info["device"]
+        if flat_call_order(package) != names:  # not the layout this backend exports: torch's generic call path
+            def run(**inputs):
+                with torch.no_grad():
+                    result = package(**{n: inputs[n].to(device) for n in names})
+                return dict(zip(outputs, result))
 
-        def run(**inputs):
+            return run
+        boxed_run = package.loader.boxed_run  # the package's own __call__ re-reads its call spec every call
+
+        def run_flat(**inputs):
             with torch.no_grad():
-                result = package(**{n: inputs[n].to(device) for n in names})
+                result = boxed_run([inputs[n].to(device) for n in names])
             return dict(zip(outputs, result))
 
-        return run
+        return run_flat
+
+
+def flat_call_order(package) -> list[str] | None:
+    """The keyword inputs in the order the AOTInductor package takes them flat, when its call spec
+    is (no positional args, keyword tensors) -> a flat tuple, as `compile` exports; else None."""
+    import torch.utils._pytree as pytree
+
+    try:
+        in_spec, out_spec = (pytree.treespec_loads(s) for s in package.loader.get_call_spec())
+        args, kwargs = in_spec.children()
+        if args.num_children or out_spec.type is not tuple or any(c.num_children for c in out_spec.children()):
+            return None
+        return list(kwargs.context)
+    except (AttributeError, ValueError, TypeError):
+        return None
 
 
 def OutputsAsTuple(model, outputs: tuple[str, ...]):
