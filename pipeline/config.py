@@ -19,7 +19,7 @@ MODES = ("run", "plan", "validate", "explain", "gc", "merge", "ls")
 @dataclass
 class ModelEntry:
     id: str = ""  # Hub repo id ("org/name") or a local folder holding config.json + *.safetensors
-    task: str = ""  # one of pipeline.tasks.TASKS
+    task: str = ""  # one of pipeline.tasks.TASKS, or auto: inferred from config.json's architectures
     revision: Optional[str] = None  # branch, tag or commit sha of a Hub model (default "main")
     name: Optional[str] = None  # display name; defaults to the config file's or the id's last part
     max_positions: Optional[int] = None  # the model's max positions, used only when config.json is unreadable offline
