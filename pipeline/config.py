@@ -13,7 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional
 
-MODES = ("run", "plan", "validate", "explain", "gc", "merge", "ls")
+MODES = ("run", "plan", "validate", "explain", "gc", "merge", "ls", "sync")
 
 
 @dataclass
@@ -123,7 +123,7 @@ class SharedCacheConfig:
 
 @dataclass
 class RunConfig:
-    mode: str = "run"  # run | plan | validate | explain | gc | merge | ls
+    mode: str = "run"  # run | plan | validate | explain | gc | merge | ls | sync
     matrix: Matrix = field(default_factory=Matrix)
     model: Optional[Any] = None  # +model=<name>: one more model added to the matrix
     backend: Dict[str, Any] = field(default_factory=dict)  # checked against the chosen backend's Options

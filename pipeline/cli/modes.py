@@ -20,9 +20,10 @@ from pipeline.model_entries import RevisionError
 from pipeline.plan import annotate, combinations, describe, plan, write_plan
 from pipeline.report import mark_latest, new_run_dir
 from pipeline.shared_cache import describe as shared_name
+from pipeline.sync import SyncError, sync
 from pipeline.validate import ConfigError, validate
 
-NEEDS_NO_VALIDATION = ("gc", "explain", "merge", "ls")  # modes that read the cache or reports, not the matrix
+NEEDS_NO_VALIDATION = ("gc", "explain", "merge", "ls", "sync")  # modes that read the cache or reports, not the matrix
 
 
 def dispatch(cfg: dict, model_choice: str | None = None) -> int:
@@ -53,6 +54,8 @@ def dispatch(cfg: dict, model_choice: str | None = None) -> int:
         return ls_mode(cfg)
     if mode == "merge":
         return merge_mode(cfg)
+    if mode == "sync":
+        return sync_mode(cfg)
     return run(resolved, _plan_or_exit(resolved))
 
 
@@ -276,3 +279,26 @@ def gc_mode(cfg: dict) -> int:
     result = gc(cache, int(cfg["cache"]["max_size_gb"] * 1e9), cfg["cache"]["stale_tmp_hours"])
     console.print(describe_gc(result), markup=False)
     return 0
+
+
+def sync_mode(cfg: dict) -> int:
+    """mode=sync publish=hub publish.cache_repo=ORG/NAME: push the verified local entries."""
+    try:
+        result = sync(cfg)
+    except SyncError as e:
+        err.print(f"[bold red]cannot sync[/]: {escape(str(e))}", soft_wrap=True)
+        return 2
+    where = cfg["publish"]["cache_repo"]
+    for r in result.rows:
+        line = f"{r['status']:<17} {keys.short(r['key'])} {r.get('model', '')} -> {where}:{r.get('cache_path', '')}"
+        if r.get("commit"):
+            line += f" (commit {str(r['commit'])[:10]})"
+        console.print(line + (f": {r['error']}" if r.get("error") else ""), markup=False, soft_wrap=True)
+    for key, why in result.skipped:
+        console.print(f"{'not pushed':<17} {keys.short(key)}: {why}", markup=False, soft_wrap=True)
+    counts: dict[str, int] = {}
+    for r in result.rows:
+        counts[r["status"]] = counts.get(r["status"], 0) + 1
+    summary = ", ".join(f"{v} {k}" for k, v in sorted(counts.items())) or "no verified entries"
+    console.print(f"sync to {where}: {summary}; {len(result.skipped)} not pushed", markup=False, soft_wrap=True)
+    return 0 if result.ok else 1
