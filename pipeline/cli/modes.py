@@ -164,7 +164,7 @@ def _find(specs: dict[str, dict], prefix: str) -> tuple[str, dict] | None:
 
 
 def explain_mode(cfg: dict) -> int:
-    if not cfg.get("key"):
+    if cfg.get("key") in (None, ""):  # not `not key`: Hydra reads key=0 as the int 0, a valid one-digit prefix
         err.print("mode=explain needs key=<key or prefix> (and optionally against=<other key>)")
         return 2
     for name in ("key", "against"):
@@ -179,7 +179,7 @@ def explain_mode(cfg: dict) -> int:
     a = _find(specs, str(cfg["key"]))
     if a is None:
         return 2
-    if cfg.get("against"):
+    if cfg.get("against") not in (None, ""):
         b = _find(specs, str(cfg["against"]))
         if b is None:
             return 2
