@@ -11,7 +11,7 @@ import json
 import os
 import re
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 from pipeline import keys, rebuild
 from pipeline.backends import get_backend
@@ -194,11 +194,14 @@ def plan(resolved) -> list[Job]:
     return jobs
 
 
-def annotate(jobs: list[dict], cache: Cache) -> dict:
+def annotate(jobs: list[dict], cache: Cache, shared: Callable[[], list] | None = None) -> dict:
     """Each job's cache status, its estimated compile + verify time (with the basis) and, for a
-    miss, why it is rebuilt; plus the totals. The fields go into plan.json. The whole history is
-    read only when something needs it: an all-hit plan reads each hit's own manifest and no more."""
+    miss, why it is rebuilt: against the local history and what `shared()` returns (the shared
+    cache's index as records, `history.shared_history`; called at the first miss); plus the
+    totals. The fields go into plan.json. The whole history is read only when something needs
+    it: an all-hit plan reads each hit's own manifest and no more."""
     everything: list | None = None
+    shared_records: list | None = None
 
     def records_for(job: dict) -> list:
         nonlocal everything
@@ -222,7 +225,9 @@ def annotate(jobs: list[dict], cache: Cache) -> dict:
         else:
             totals["misses"] += 1
             totals["miss_s"] += est.seconds
-            job["rebuild"] = rebuild.reason(job, records)
+            if shared_records is None:
+                shared_records = shared() if shared is not None else []
+            job["rebuild"] = rebuild.reason(job, records, shared_records)
     return totals
 
 

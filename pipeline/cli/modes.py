@@ -14,6 +14,7 @@ from pipeline.cli.console import console, err, print_advice
 from pipeline.cli.run import run
 from pipeline.gc import describe as describe_gc
 from pipeline.gc import gc
+from pipeline.history import shared_history
 from pipeline.listing import age, local_variants, shared_variants
 from pipeline.merge import MergeError, merge_reports
 from pipeline.model_entries import RevisionError
@@ -71,10 +72,17 @@ def _minutes(seconds: float) -> str:
     return f"{seconds / 60:.1f} min" if seconds >= 90 else f"{seconds:.0f} s"
 
 
+WHY = {"new": "new variant", "shared-hit": "shared cache", "shared": "rebuild (shared)"}  # plan table's "why"
+
+
+def _trusted(cfg: dict) -> list[str]:
+    return list((cfg.get("shared_cache") or {}).get("trusted_repos") or [])
+
+
 def plan_mode(resolved) -> int:
     cfg = resolved.cfg
     jobs = _plan_or_exit(resolved)
-    totals = annotate(jobs, Cache(cfg["cache"]["dir"]))
+    totals = annotate(jobs, Cache(cfg["cache"]["dir"]), lambda: shared_history(cfg["publish"], _trusted(cfg)))
     table = Table(title=f"plan: {len(jobs)} jobs")
     for col in ("#", "model", "task", "batch", "seq", "cast", "backend", "key", "status", "est.", "why"):
         table.add_column(col, overflow="fold")
@@ -97,7 +105,7 @@ def plan_mode(resolved) -> int:
             keys.short(job["key"]),
             f"[{style}]{status}[/]",
             "-" if status == "hit" else _minutes(job["estimate"]["seconds"]),
-            "" if status == "hit" else ("rebuild" if (job.get("rebuild") or {}).get("against") else "new variant"),
+            "" if status == "hit" else WHY.get((job.get("rebuild") or {}).get("kind"), "rebuild"),
         )
     if len(jobs) > shown:
         table.caption = f"first {shown} of {len(jobs)} jobs; every job is in plan.json"
