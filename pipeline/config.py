@@ -136,6 +136,7 @@ class RunConfig:
     timeout_s: int = 1800  # per-job limit (compile + verify), seconds
     fail_fast: bool = False  # stop scheduling jobs after the first failure
     retry_failed: bool = True  # recompile keys that failed in an earlier run
+    reuse_larger_shapes: bool = False  # a miss may take a verified local entry of larger batch/sequence, same spec
     shard: Optional[str] = None  # "i/N": run the i-th of N stable partitions (1-based)
     key: Optional[str] = None  # mode=explain: key or key prefix to explain
     against: Optional[str] = None  # mode=explain: a second key to diff against

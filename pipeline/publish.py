@@ -302,9 +302,11 @@ def variants(rows: list[dict], jobs: list[dict], publish_cfg: dict, scratch_dirs
     by_key = {j["key"]: j for j in jobs}
     problems = check_templates(publish_cfg)
     todo = []
+    seen: set[str] = set()
     for row in rows:
-        if row.get("status") not in ("passed", "cached"):
-            continue  # failed / unverified / skipped: never published
+        if row.get("status") not in ("passed", "cached") or row["key"] in seen:
+            continue  # failed / unverified / skipped: never published; a key twice (reuse_larger_shapes): once
+        seen.add(row["key"])
         job = by_key.get(row["key"])
         try:
             if problems:

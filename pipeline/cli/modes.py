@@ -82,7 +82,10 @@ def _trusted(cfg: dict) -> list[str]:
 def plan_mode(resolved) -> int:
     cfg = resolved.cfg
     jobs = _plan_or_exit(resolved)
-    totals = annotate(jobs, Cache(cfg["cache"]["dir"]), lambda: shared_history(cfg["publish"], _trusted(cfg)))
+    shared = lambda: shared_history(cfg["publish"], _trusted(cfg))  # noqa: E731
+    totals = annotate(jobs, Cache(cfg["cache"]["dir"]), shared, bool(cfg.get("reuse_larger_shapes")))
+    for line in totals["reused"]:
+        console.print(line, markup=False, soft_wrap=True)
     table = Table(title=f"plan: {len(jobs)} jobs")
     for col in ("#", "model", "task", "batch", "seq", "cast", "backend", "key", "status", "est.", "why"):
         table.add_column(col, overflow="fold")

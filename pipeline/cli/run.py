@@ -118,7 +118,10 @@ def run(resolved, jobs: list[dict]) -> int:
     run_dir = new_run_dir(cfg["report"]["dir"])
     trusted = list((cfg.get("shared_cache") or {}).get("trusted_repos") or [])
     shared = lambda: shared_history(cfg["publish"], trusted)  # noqa: E731
-    annotate(jobs, Cache(cfg["cache"]["dir"]), shared)  # estimates and rebuild reasons, in plan.json and the rows
+    # estimates, rebuild reasons and reused larger entries, in plan.json and the rows
+    totals = annotate(jobs, Cache(cfg["cache"]["dir"]), shared, bool(cfg.get("reuse_larger_shapes")))
+    for line in totals["reused"]:
+        console.print(line, markup=False, soft_wrap=True)
     try:
         write_plan(jobs, run_dir / "plan.json")
     except OSError as e:
@@ -134,6 +137,8 @@ def run(resolved, jobs: list[dict]) -> int:
         if row["status"] != "cached" and jobs[i].get("rebuild"):
             row["rebuild"] = jobs[i]["rebuild"]["text"]
         row["estimate"] = jobs[i].get("estimate")
+        if jobs[i].get("reused_for"):
+            row["reused_for"] = jobs[i]["reused_for"]
         rows[i] = row
         progress.done(i, row)
 
