@@ -85,6 +85,11 @@ def test_sync_pushes_exactly_the_verified_entries_once(one_entry, hub, tmp_path)
     assert hub.commits(REPO_ID) == before + 1 and api.repo_info(REPO_ID).sha == head  # no second commit
     assert "2 unchanged" in again.stdout, again.stdout
 
+    public = run_cli("mode=sync", f"cache.dir={cache_dir}", "publish=hub", "publish.cache_repo=sync/public-cache",
+                     "publish.private=false", env=_env(hub.url, tmp_path), timeout=300)  # fmt: skip
+    assert public.returncode == 0, public.stdout[-3000:] + public.stderr[-3000:]
+    assert not api.repo_info("sync/public-cache").private  # created public only when asked
+
 
 def test_sync_without_a_cache_repo_is_a_usage_error(tmp_path):
     proc = run_cli("mode=sync", f"cache.dir={tmp_path / 'cache'}", "publish=hub", env=cli_env())
