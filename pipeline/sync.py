@@ -19,6 +19,7 @@ from pipeline import publish
 from pipeline.cache import Cache
 from pipeline.hub import PublishError, hub_api
 from pipeline.model_entries import offline
+from pipeline.shared_cache import cache_path
 from pipeline.verify import gate
 
 
@@ -81,6 +82,8 @@ def sync(cfg: dict) -> SyncResult:
         raise SyncError(f"mode=sync pushes to a Hub cache repo: set publish=hub (publish.name is {pc.get('name')!r})")
     rows, jobs, skipped = candidates(Cache(cfg["cache"]["dir"]), cfg["verify"]["tolerances"])
     result = SyncResult(rows, skipped)
+    for r, job in zip(rows, jobs):
+        r.update(model=job["model"]["name"], cache_path=cache_path(job["spec"], r["key"]))
     if not rows:
         return result
     if offline() and not pc.get("dry_run"):
@@ -104,6 +107,4 @@ def sync(cfg: dict) -> SyncResult:
     finally:
         for d in scratch:
             shutil.rmtree(d, ignore_errors=True)
-    for r, job in zip(rows, jobs):
-        r.update(model=job["model"]["name"], cache_path=publish.cache_path(job["spec"], r["key"]))
     return result

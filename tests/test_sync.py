@@ -62,6 +62,10 @@ def test_sync_pushes_exactly_the_verified_entries_once(one_entry, hub, tmp_path)
     cache.record_failure("f" * 64, {"key": "f" * 64, "spec": job["spec"], "error": "compile failed"})
 
     before = hub.commits(REPO_ID)
+    dry = _sync(cache_dir, tmp_path, hub.url, "publish.dry_run=true")
+    assert dry.returncode == 0 and "2 would push" in dry.stdout, dry.stdout[-3000:] + dry.stderr[-3000:]
+    assert hub.commits(REPO_ID) == before and f"{shared_cache.platform_tag(job['spec'])}/" in dry.stdout
+
     proc = _sync(cache_dir, tmp_path, hub.url)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert hub.commits(REPO_ID) == before + 1  # every entry and the index: one commit
