@@ -21,7 +21,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from pipeline.cli import modes
 from pipeline.cli.console import err
-from pipeline.model_entries import config_file_problem
+from pipeline.config_files import config_file_problem
 
 _entered = False
 _FULL_ERROR = "HYDRA_FULL_ERROR"

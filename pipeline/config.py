@@ -13,13 +13,13 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional
 
-MODES = ("run", "plan", "validate", "explain", "gc", "merge", "ls")
+MODES = ("run", "plan", "validate", "explain", "gc", "merge", "ls", "sync")
 
 
 @dataclass
 class ModelEntry:
     id: str = ""  # Hub repo id ("org/name") or a local folder holding config.json + *.safetensors
-    task: str = ""  # one of pipeline.tasks.TASKS
+    task: str = ""  # one of pipeline.tasks.TASKS, or auto: inferred from config.json's architectures
     revision: Optional[str] = None  # branch, tag or commit sha of a Hub model (default "main")
     name: Optional[str] = None  # display name; defaults to the config file's or the id's last part
     max_positions: Optional[int] = None  # the model's max positions, used only when config.json is unreadable offline
@@ -123,7 +123,7 @@ class SharedCacheConfig:
 
 @dataclass
 class RunConfig:
-    mode: str = "run"  # run | plan | validate | explain | gc | merge | ls
+    mode: str = "run"  # run | plan | validate | explain | gc | merge | ls | sync
     matrix: Matrix = field(default_factory=Matrix)
     model: Optional[Any] = None  # +model=<name>: one more model added to the matrix
     backend: Dict[str, Any] = field(default_factory=dict)  # checked against the chosen backend's Options
@@ -136,6 +136,7 @@ class RunConfig:
     timeout_s: int = 1800  # per-job limit (compile + verify), seconds
     fail_fast: bool = False  # stop scheduling jobs after the first failure
     retry_failed: bool = True  # recompile keys that failed in an earlier run
+    reuse_larger_shapes: bool = False  # a miss may take a verified local entry of larger batch/sequence, same spec
     shard: Optional[str] = None  # "i/N": run the i-th of N stable partitions (1-based)
     key: Optional[str] = None  # mode=explain: key or key prefix to explain
     against: Optional[str] = None  # mode=explain: a second key to diff against

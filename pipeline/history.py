@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pipeline.cache import MANIFEST, Cache
+from pipeline.shared_cache import read_index, untrusted
 
 TIMING_PARTS = ("load_s", "reference_s", "compile_s", "verify_s")
 
@@ -28,7 +29,7 @@ class Record:
     seconds: float | None  # compile + verify, None when not recorded (or fetched)
     spec: dict
     when: str  # created_at / failed_at, ISO
-    source: str  # "entry" | "failure"
+    source: str  # "entry" | "failure" | "shared" (a row of the shared cache's index)
 
 
 def seconds_of(timings: dict) -> float | None:
@@ -76,3 +77,22 @@ def history(cache: Cache) -> list[Record]:
     sources += [(p, "failure") for p in (cache.root / ".failures").glob("*.json")]
     records = [r for path, source in sources if (r := _record(path, source)) is not None]
     return sorted(records, key=lambda r: r.when)
+
+
+def shared_history(publish_cfg: dict | None, trusted_repos: list[str] | None = None) -> list[Record]:
+    """The shared cache's entries, from its platform indexes (one small download per platform,
+    `shared_cache.read_index`), as records without timings: what a plan's rebuild reasons look at
+    beside the local cache. Empty when no shared cache is configured, reachable or trusted."""
+    if untrusted(publish_cfg, trusted_repos or []):
+        return []
+    out = []
+    for row in read_index(publish_cfg):
+        try:
+            spec = row["spec"]
+            out.append(Record(key=row["key"], model=row.get("model") or spec["model"]["id"],
+                              backend=spec["backend"]["name"], task=spec["task"], cast_type=spec["cast_type"],
+                              shapes=spec["shapes"], params=None, seconds=None, spec=spec,
+                              when=str(row.get("created_at") or ""), source="shared"))  # fmt: skip
+        except (KeyError, TypeError, AttributeError):
+            continue  # a malformed row names nothing usable
+    return sorted(out, key=lambda r: r.when)

@@ -13,17 +13,19 @@ compiles + verifies through the same worker when nothing is found.
 from __future__ import annotations
 
 import dataclasses
+import logging
 import os
 import re
 import shutil
 from pathlib import Path
 from typing import Any, ClassVar
 
-from pipeline import generation
+from pipeline import generation, reuse
 from pipeline.backends import get_backend
 from pipeline.backends.base import BackendUnavailable
 from pipeline.cache import Cache, artifact_files
 from pipeline.config import VerifyConfig
+from pipeline.history import history
 from pipeline.hub import push_folder
 from pipeline.keys import canonical_cast_type
 from pipeline.model_entries import check_model_id, entry_from, is_local_id, validation_job
@@ -40,6 +42,7 @@ from pipeline.validate import (
 )
 
 DEFAULT_CACHE = "artifacts/cache"
+logger = logging.getLogger(__name__)
 
 
 class UnverifiedArtifactError(ArtifactError, RuntimeError):
@@ -106,6 +109,7 @@ class CompiledModel:
         from transformers import AutoConfig
 
         self.folder = Path(folder)
+        self.reused_for: dict | None = None  # from_pretrained(export=True, reuse_larger_shapes=True): the entry taken
         self.compile_config = config
         self.meta = config["pipeline"]
         self.manifest = manifest
@@ -140,11 +144,13 @@ class CompiledModel:
         num_cores: int | None = None,
         dynamic_batch_size: bool = False,
         backend_options: dict | None = None,
+        reuse_larger_shapes: bool = False,
         **input_shapes: int,
     ) -> "CompiledModel":
         cache_dir = Path(cache_dir) if cache_dir else default_cache_dir()
+        reused_for = None
         if export:
-            folder = cls._export(
+            folder, reused_for = cls._export(
                 model_id_or_path,
                 revision,
                 cache_dir,
@@ -155,6 +161,7 @@ class CompiledModel:
                 dynamic_batch_size,
                 backend_options or {},
                 input_shapes,
+                reuse_larger_shapes,
             )
         else:
             if input_shapes:
@@ -165,6 +172,7 @@ class CompiledModel:
             folder, checked = _resolve_folder(str(model_id_or_path), revision, cache_dir, token)
         model = cls._load(folder, allow_unverified, checked=export or checked)
         model.allow_other_batch = model.dynamic_batch_size or dynamic_batch_size
+        model.reused_for = reused_for
         return model
 
     @classmethod
@@ -219,7 +227,8 @@ class CompiledModel:
         dynamic_batch_size,
         backend_options,
         input_shapes,
-    ) -> Path:
+        reuse_larger_shapes: bool = False,
+    ) -> tuple[Path, dict | None]:
         axes = get_mandatory_axes_for_task(cls.task)
         missing = [
             a for a in axes if a not in input_shapes and not (TASKS[cls.task].decoder and a == "sequence_length")
@@ -262,11 +271,16 @@ class CompiledModel:
         )
         if problems:
             raise ValueError("; ".join(problems))
+        cache = Cache(cache_dir)
+        if reuse_larger_shapes and cache.status(job["key"]) != "hit":  # a verified larger entry instead
+            entry = reuse.covering(job, history(cache), cache)
+            if entry is not None:
+                logger.info(reuse.take(job, entry))
         try:  # local cache -> shared cache (PIPELINE_CACHE_REPO) -> compile + verify, re-gated like a run
-            folder, _ = obtain(job, Cache(cache_dir))
+            folder, _ = obtain(job, cache)
         except ObtainError as e:
             raise RuntimeError(f"{model_id} ({cls.task}, {job['cast_type']}, {job['shapes']}): {e}") from None
-        return folder
+        return folder, job.get("reused_for")
 
     # ------------------------------------------------------------------ running
     def _pad(self, name: str, t, batch: int, seq: int):

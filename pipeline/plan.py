@@ -11,9 +11,9 @@ import json
 import os
 import re
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
-from pipeline import keys, rebuild
+from pipeline import keys, rebuild, reuse
 from pipeline.backends import get_backend
 from pipeline.backends.neuron.rules import estimate_parameters
 from pipeline.cache import Cache
@@ -194,11 +194,17 @@ def plan(resolved) -> list[Job]:
     return jobs
 
 
-def annotate(jobs: list[dict], cache: Cache) -> dict:
+def annotate(
+    jobs: list[dict], cache: Cache, shared: Callable[[], list] | None = None, reuse_larger_shapes: bool = False
+) -> dict:
     """Each job's cache status, its estimated compile + verify time (with the basis) and, for a
-    miss, why it is rebuilt; plus the totals. The fields go into plan.json. The whole history is
-    read only when something needs it: an all-hit plan reads each hit's own manifest and no more."""
+    miss, why it is rebuilt: against the local history and what `shared()` returns (the shared
+    cache's index as records, `history.shared_history`; called at the first miss); plus the
+    totals. The fields go into plan.json. The whole history is read only when something needs
+    it: an all-hit plan reads each hit's own manifest and no more. `reuse_larger_shapes`: a miss
+    that a verified larger-shape entry covers is pointed at it (`reuse.take`; `reused_for`)."""
     everything: list | None = None
+    shared_records: list | None = None
 
     def records_for(job: dict) -> list:
         nonlocal everything
@@ -211,8 +217,14 @@ def annotate(jobs: list[dict], cache: Cache) -> dict:
         return everything
 
     totals = {"misses": 0, "miss_s": 0.0, "hits": 0, "hit_saved_s": 0.0}
+    reused: list[str] = []
     for job in jobs:
         job["status"] = cache.status(job["key"])
+        if reuse_larger_shapes and job["status"] != "hit":
+            entry = reuse.covering(job, records_for(job), cache)
+            if entry is not None:
+                reused.append(reuse.take(job, entry))
+                job["status"] = cache.status(job["key"])
         records = records_for(job)
         est = estimate(job, records)
         job["estimate"] = est.as_dict()
@@ -222,7 +234,10 @@ def annotate(jobs: list[dict], cache: Cache) -> dict:
         else:
             totals["misses"] += 1
             totals["miss_s"] += est.seconds
-            job["rebuild"] = rebuild.reason(job, records)
+            if shared_records is None:
+                shared_records = shared() if shared is not None else []
+            job["rebuild"] = rebuild.reason(job, records, shared_records)
+    totals["reused"] = reused
     return totals
 
 

@@ -26,7 +26,7 @@ from typing import Any, Iterable
 
 from pipeline import keys, local_paths, source_card
 from pipeline.cache import MANIFEST, Cache, check_integrity, is_artifact_file, sha256_file
-from pipeline.hub import FileSpec, PublishError, commit_files, hub_api, scrub
+from pipeline.hub import FileSpec, PublishError, PushResult, commit_files, hub_api, scrub
 from pipeline.local_layout import local_repo_dir, write_local, write_local_index
 from pipeline.model_entries import check_revision, is_hub_id, offline
 from pipeline.shared_cache import cache_path, clean_name, index_row, index_update, local_cache_root, platform_tag
@@ -294,25 +294,31 @@ def _distinct_targets(todo: list[tuple], pc: dict) -> list[tuple]:
     return [item for item in todo if len(by_target[item[2:]]) == 1]
 
 
-def _variants(rows: list[dict], jobs: list[dict], publish_cfg: dict, scratch_dirs: list[Path]) -> list[Variant]:
+def variants(rows: list[dict], jobs: list[dict], publish_cfg: dict, scratch_dirs: list[Path],
+             repos: bool = True) -> list[Variant]:  # fmt: skip
+    """The rows that passed verification, ready to push (files scrubbed of local paths, checked
+    against their manifests, gated sources refused); the others are failed in place. `repos=False`
+    (mode=sync: the shared cache only) computes no variant repo target and no model card."""
     by_key = {j["key"]: j for j in jobs}
     problems = check_templates(publish_cfg)
     todo = []
+    seen: set[str] = set()
     for row in rows:
-        if row.get("status") not in ("passed", "cached"):
-            continue  # failed / unverified / skipped: never published
+        if row.get("status") not in ("passed", "cached") or row["key"] in seen:
+            continue  # failed / unverified / skipped: never published; a key twice (reuse_larger_shapes): once
+        seen.add(row["key"])
         job = by_key.get(row["key"])
         try:
             if problems:
                 raise PublishError("; ".join(problems))
             if job is None:
                 raise PublishError(f"no job for key {row['key'][:12]}")
-            todo.append((row, job, *variant_target(job, publish_cfg)))
+            todo.append((row, job, *(variant_target(job, publish_cfg) if repos else (None, None))))
         except PublishError as e:
             _fail_row(row, str(e))
     facts_of: dict[str, dict] = {}
     out = []
-    for row, job, repo_id, revision in _distinct_targets(todo, publish_cfg):
+    for row, job, repo_id, revision in _distinct_targets(todo, publish_cfg) if repos else todo:
         try:
             entry = Path(row.get("artifact") or "")
             cache = Cache(entry.parent.parent) if row.get("artifact") else None
@@ -336,8 +342,9 @@ def _variants(rows: list[dict], jobs: list[dict], publish_cfg: dict, scratch_dir
             files, published = publish_files(entry, manifest, job, roots, scratch_dirs)
             v = Variant(row, job, entry, manifest, repo_id, revision, files, cache_path(job["spec"], job["key"]))
             cache_repo = publish_cfg.get("cache_repo") if publish_cfg.get("name") == "hub" else None
-            card = model_card(job, published, repo_id, revision, cache_repo, facts)
-            v.card = local_paths.scrub_paths_text(card, roots)
+            if repos:
+                card = model_card(job, published, repo_id, revision, cache_repo, facts)
+                v.card = local_paths.scrub_paths_text(card, roots)
             out.append(v)
         except PublishError as e:
             _fail_row(row, str(e))
@@ -362,17 +369,17 @@ def publish_rows(rows: list[dict], jobs: list[dict], cfg: dict) -> list[str]:
         return messages
     scratch_dirs: list[Path] = []  # rewritten copies of published files, removed once pushed
     try:
-        variants = _variants(rows, jobs, pc, scratch_dirs)
-        if not variants:
+        todo = variants(rows, jobs, pc, scratch_dirs)
+        if not todo:
             return messages
         if pc.get("dry_run"):
-            _dry_run(variants, pc, messages)
+            _dry_run(todo, pc, messages)
         elif mode == "local":
-            _publish_local(variants, pc)
+            _publish_local(todo, pc)
         elif mode == "hub":
-            _publish_hub(variants, pc, messages)
+            _publish_hub(todo, pc, messages)
         else:
-            for v in variants:
+            for v in todo:
                 _fail_row(v.row, f"publish.name {mode!r} is not one of none, local, hub")
         return messages
     finally:
@@ -430,29 +437,38 @@ def _index_rows(variants: list[Variant]) -> dict[str, list[dict]]:
     return out
 
 
+def push_cache(variants: list[Variant], api, pc: dict) -> dict[str, PushResult]:
+    """Push the variants' entries to publish.cache_repo, whole variants per commit, each commit
+    with the platform indexes naming them; key -> the commit's PushResult (no commit when the
+    cache already holds them). A failed batch fails its rows. A repo it creates is private
+    unless publish.private=false."""
+    cache_repo, out = pc["cache_repo"], {}
+    for batch in _batches(variants):
+        files = [f for v in batch for f in v.cache_files()]
+        names = ", ".join(f"{v.job['key'][:12]} ({v.job['model']['name']})" for v in batch)
+        try:
+            res = commit_files(
+                api, cache_repo, files, private=bool(pc.get("private", True)),
+                derived=index_update(api, cache_repo, _index_rows(batch)),
+                commit_message=f"Add {len(batch)} compiled entr{'y' if len(batch) == 1 else 'ies'}",
+                commit_description=f"pipeline: {names}\n\n"
+                + "\n".join(f"- {platform_tag(v.job['spec'])}/{v.job['key']}" for v in batch),
+            )  # fmt: skip
+            out.update({v.job["key"]: res for v in batch})
+        except PublishError as e:
+            for v in batch:
+                _fail_row(v.row, f"shared cache: {e}")
+    return out
+
+
 def _publish_hub(variants: list[Variant], pc: dict, messages: list[str]) -> None:
     if offline():
         for v in variants:
             _fail_row(v.row, "HF_HUB_OFFLINE is set: publish=hub needs the Hub; unset it, or use publish=local")
         return
     api, cache_repo, private = hub_api(pc), pc.get("cache_repo"), bool(pc.get("private", True))
-    cache_commit: dict[str, str | None] = {}
-    if cache_repo:
-        for batch in _batches(variants):
-            files = [f for v in batch for f in v.cache_files()]
-            names = ", ".join(f"{v.job['key'][:12]} ({v.repo_id})" for v in batch)
-            try:
-                res = commit_files(
-                    api, cache_repo, files, private=private, derived=index_update(api, cache_repo, _index_rows(batch)),
-                    commit_message=f"Add {len(batch)} compiled entr{'y' if len(batch) == 1 else 'ies'}",
-                    commit_description=f"pipeline: {names}\n\n"
-                    + "\n".join(f"- {platform_tag(v.job['spec'])}/{v.job['key']}" for v in batch),
-                )
-                for v in batch:
-                    cache_commit[v.job["key"]] = res.oid
-            except PublishError as e:
-                for v in batch:
-                    _fail_row(v.row, f"shared cache: {e}")
+    pushed = push_cache(variants, api, pc) if cache_repo else {}
+    cache_commit = {k: res.oid for k, res in pushed.items()}
     for v in variants:
         if v.row["status"] == "failed-to-publish":
             continue

@@ -2,8 +2,8 @@
 
 A variant is what a user means by "this model at this shape and cast on this backend"; its key
 changes whenever anything in its spec does (a new model commit, a toolchain upgrade, another
-compiler option). For each miss the newest recorded build (entry or failure) of the same
-variant is diffed against the new spec, so a plan can say
+compiler option). For each miss the nearest recorded build (local entry, failure record, or an
+entry of the shared cache's index) of the same variant is diffed against the new spec, so a plan can say
 `rebuild: model.revision a1b2c3 -> d4e5f6; toolchain.torch 2.12.0 -> 2.13.0`, or `new variant`.
 """
 
@@ -36,17 +36,28 @@ def _short(value) -> str:
     return text if len(text) <= 40 else text[:37] + "..."
 
 
-def reason(job: dict, records: list[Record]) -> dict:
-    """{"text": one line, "fields": [{path, before, after}], "against": key} for a miss."""
-    near = nearest(job, records)
+KIND_TEXT = {"entry": "built before", "failure": "failed before", "shared": "in the shared cache"}
+
+
+def reason(job: dict, records: list[Record], shared: list[Record] | None = None) -> dict:
+    """{"text": one line, "kind", "fields": [{path, before, after}], "against": key} for a miss.
+    `kind`: "new" (no build of this variant is known), "entry" / "failure" (the nearest is a local
+    entry / failure record), "shared" (the nearest is only in the shared cache: `shared`, its
+    index's records), or "shared-hit" (the shared cache has this very key: fetched, not built)."""
+    shared = shared or []
+    if any(r.key == job["key"] for r in shared):
+        return {"text": f"in the shared cache as {job['key'][:12]}: fetched and re-verified, not compiled",
+                "kind": "shared-hit", "fields": [], "against": job["key"]}  # fmt: skip
+    local = {r.key for r in records}
+    near = nearest(job, records + [r for r in shared if r.key not in local])
     if near is None:
-        return {"text": "new variant", "fields": [], "against": None}
+        return {"text": "new variant", "kind": "new", "fields": [], "against": None}
     rows = keys.diff(near.spec, job["spec"])
     parts = [f"{path} {_short(a)} -> {_short(b)}" for path, a, b in rows[:SHOWN]]
     more = f"; and {len(rows) - SHOWN} more" if len(rows) > SHOWN else ""
-    what = "failed before" if near.source == "failure" else "built before"
     return {
-        "text": f"rebuild ({what} as {near.key[:12]}): " + "; ".join(parts) + more,
+        "text": f"rebuild ({KIND_TEXT[near.source]} as {near.key[:12]}): " + "; ".join(parts) + more,
+        "kind": near.source,
         "fields": [{"path": p, "before": a, "after": b} for p, a, b in rows],
         "against": near.key,
     }

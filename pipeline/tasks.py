@@ -66,6 +66,57 @@ def canonical_task(name: str) -> str | None:
     return name if name in TASKS else None
 
 
+AUTO = "auto"  # `task: auto` in a model entry: inferred from config.json's architectures
+
+# Architecture class name suffix -> task, longest suffix first (the transformers naming rule:
+# BertForMaskedLM, GPT2LMHeadModel, LlamaForCausalLM, BertModel).
+ARCHITECTURE_SUFFIXES: tuple[tuple[str, str | None], ...] = (
+    ("ForSequenceClassification", "text-classification"),
+    ("ForTokenClassification", "token-classification"),
+    ("ForQuestionAnswering", "question-answering"),
+    ("ForMaskedLM", "fill-mask"),
+    ("ForCausalLM", "text-generation"),
+    ("LMHeadModel", "text-generation"),  # GPT2LMHeadModel, BertLMHeadModel (causal), OpenAIGPTLMHeadModel
+    ("DoubleHeadsModel", None),  # GPT2DoubleHeadsModel: LM + multiple choice, not one task here
+    ("Model", "feature-extraction"),  # the bare encoder / decoder: BertModel, LlamaModel
+)
+
+
+class TaskInferenceError(ValueError):
+    """`task: auto` cannot decide: the message names the architectures and the candidates."""
+
+    def __init__(self, message: str, candidates: tuple[str, ...] = ()):
+        super().__init__(message)
+        self.candidates = candidates
+
+
+def task_of_architecture(name: str) -> str | None:
+    """The task a transformers architecture class serves, by its name; None when unknown
+    (ForPreTraining, ForConditionalGeneration, ... : heads this pipeline does not compile)."""
+    for suffix, task in ARCHITECTURE_SUFFIXES:
+        if name.endswith(suffix):  # a "...For<Head>" class is its head's task, never "...Model"'s
+            return task if "For" not in name or suffix.startswith("For") else None
+    return None
+
+
+def infer_task(config: dict | None) -> str:
+    """The one task config.json's `architectures` points at; TaskInferenceError naming the
+    architectures and the candidate tasks when there is none or more than one."""
+    archs = (config or {}).get("architectures") if isinstance(config, dict) else None
+    if config is None:
+        raise TaskInferenceError("config.json is not readable, so the task cannot be inferred")
+    if not isinstance(archs, list) or not archs or not all(isinstance(a, str) for a in archs):
+        raise TaskInferenceError("config.json has no `architectures` list to infer the task from")
+    found = {a: task_of_architecture(a) for a in archs}
+    candidates = tuple(sorted({t for t in found.values() if t is not None}))
+    shown = ", ".join(f"{a} -> {t or 'no supported task'}" for a, t in found.items())
+    if len(candidates) == 1:
+        return candidates[0]
+    if not candidates:
+        raise TaskInferenceError(f"architectures {shown}; candidates: none (known: {', '.join(TASKS)})")
+    raise TaskInferenceError(f"ambiguous: architectures {shown}; candidates: {', '.join(candidates)}", candidates)
+
+
 def get_mandatory_axes_for_task(task: str) -> tuple[str, ...]:
     """The input shape axes a compiled model of this task must be given (optimum's analogue)."""
     canonical = canonical_task(task)

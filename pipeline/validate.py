@@ -20,15 +20,9 @@ from pipeline import keys
 from pipeline.backends import MODULES, get_backend, options_class
 from pipeline.cache import MANIFEST, check_integrity, is_artifact_file, safe_rel
 from pipeline.config import MODES, RunConfig
+from pipeline.config_files import ModelConfigError, read_json_object
 from pipeline.executors import EXECUTORS
-from pipeline.model_entries import (
-    POSITION_OFFSET,
-    ModelConfigError,
-    entry_from,
-    is_hub_id,
-    read_json_object,
-    validation_job,
-)
+from pipeline.model_entries import POSITION_OFFSET, entry_from, is_hub_id, validation_job
 from pipeline.plan import combinations, parse_shard
 from pipeline.publish import check_templates
 from pipeline.tasks import TASKS

@@ -79,7 +79,10 @@ def test_options_every_field_documented():
 
 
 @pytest.mark.parametrize("options,expected", [
-    ({"target": "inf1"}, "backend.target: 'inf1' is not a Neuron target; use one of inf2, trn1, trn1n, trn2"),
+    ({"target": "inf1"}, "backend.target: 'inf1' (Inferentia 1) is out of scope: it needs the older torch-neuron / "
+                         "neuron-cc stack (end of support); this backend compiles with neuronx-cc for "
+                         "inf2, trn1, trn1n, trn2"),
+    ({"target": "inf3"}, "backend.target: 'inf3' is not a Neuron target; use one of inf2, trn1, trn1n, trn2"),
     ({"optlevel": 4}, "backend.optlevel: 4 is not a neuronx-cc optlevel; use 1, 2 or 3"),
     ({"model_type": "encoder"}, "backend.model_type: 'encoder' is not a neuronx-cc --model-type; "
                                 "use one of generic, transformer, unet-inference"),

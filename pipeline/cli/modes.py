@@ -14,15 +14,17 @@ from pipeline.cli.console import console, err, print_advice
 from pipeline.cli.run import run
 from pipeline.gc import describe as describe_gc
 from pipeline.gc import gc
+from pipeline.history import shared_history
 from pipeline.listing import age, local_variants, shared_variants
 from pipeline.merge import MergeError, merge_reports
 from pipeline.model_entries import RevisionError
 from pipeline.plan import annotate, combinations, describe, plan, write_plan
 from pipeline.report import mark_latest, new_run_dir
 from pipeline.shared_cache import describe as shared_name
+from pipeline.sync import SyncError, sync
 from pipeline.validate import ConfigError, validate
 
-NEEDS_NO_VALIDATION = ("gc", "explain", "merge", "ls")  # modes that read the cache or reports, not the matrix
+NEEDS_NO_VALIDATION = ("gc", "explain", "merge", "ls", "sync")  # modes that read the cache or reports, not the matrix
 
 
 def dispatch(cfg: dict, model_choice: str | None = None) -> int:
@@ -53,6 +55,8 @@ def dispatch(cfg: dict, model_choice: str | None = None) -> int:
         return ls_mode(cfg)
     if mode == "merge":
         return merge_mode(cfg)
+    if mode == "sync":
+        return sync_mode(cfg)
     return run(resolved, _plan_or_exit(resolved))
 
 
@@ -68,10 +72,20 @@ def _minutes(seconds: float) -> str:
     return f"{seconds / 60:.1f} min" if seconds >= 90 else f"{seconds:.0f} s"
 
 
+WHY = {"new": "new variant", "shared-hit": "shared cache", "shared": "rebuild (shared)"}  # plan table's "why"
+
+
+def _trusted(cfg: dict) -> list[str]:
+    return list((cfg.get("shared_cache") or {}).get("trusted_repos") or [])
+
+
 def plan_mode(resolved) -> int:
     cfg = resolved.cfg
     jobs = _plan_or_exit(resolved)
-    totals = annotate(jobs, Cache(cfg["cache"]["dir"]))
+    shared = lambda: shared_history(cfg["publish"], _trusted(cfg))  # noqa: E731
+    totals = annotate(jobs, Cache(cfg["cache"]["dir"]), shared, bool(cfg.get("reuse_larger_shapes")))
+    for line in totals["reused"]:
+        console.print(line, markup=False, soft_wrap=True)
     table = Table(title=f"plan: {len(jobs)} jobs")
     for col in ("#", "model", "task", "batch", "seq", "cast", "backend", "key", "status", "est.", "why"):
         table.add_column(col, overflow="fold")
@@ -94,7 +108,7 @@ def plan_mode(resolved) -> int:
             keys.short(job["key"]),
             f"[{style}]{status}[/]",
             "-" if status == "hit" else _minutes(job["estimate"]["seconds"]),
-            "" if status == "hit" else ("rebuild" if (job.get("rebuild") or {}).get("against") else "new variant"),
+            "" if status == "hit" else WHY.get((job.get("rebuild") or {}).get("kind"), "rebuild"),
         )
     if len(jobs) > shown:
         table.caption = f"first {shown} of {len(jobs)} jobs; every job is in plan.json"
@@ -161,7 +175,7 @@ def _find(specs: dict[str, dict], prefix: str) -> tuple[str, dict] | None:
 
 
 def explain_mode(cfg: dict) -> int:
-    if not cfg.get("key"):
+    if cfg.get("key") in (None, ""):  # not `not key`: Hydra reads key=0 as the int 0, a valid one-digit prefix
         err.print("mode=explain needs key=<key or prefix> (and optionally against=<other key>)")
         return 2
     for name in ("key", "against"):
@@ -176,7 +190,7 @@ def explain_mode(cfg: dict) -> int:
     a = _find(specs, str(cfg["key"]))
     if a is None:
         return 2
-    if cfg.get("against"):
+    if cfg.get("against") not in (None, ""):
         b = _find(specs, str(cfg["against"]))
         if b is None:
             return 2
@@ -276,3 +290,26 @@ def gc_mode(cfg: dict) -> int:
     result = gc(cache, int(cfg["cache"]["max_size_gb"] * 1e9), cfg["cache"]["stale_tmp_hours"])
     console.print(describe_gc(result), markup=False)
     return 0
+
+
+def sync_mode(cfg: dict) -> int:
+    """mode=sync publish=hub publish.cache_repo=ORG/NAME: push the verified local entries."""
+    try:
+        result = sync(cfg)
+    except SyncError as e:
+        err.print(f"[bold red]cannot sync[/]: {escape(str(e))}", soft_wrap=True)
+        return 2
+    where = cfg["publish"]["cache_repo"]
+    for r in result.rows:
+        line = f"{r['status']:<17} {keys.short(r['key'])} {r.get('model', '')} -> {where}:{r.get('cache_path', '')}"
+        if r.get("commit"):
+            line += f" (commit {str(r['commit'])[:10]})"
+        console.print(line + (f": {r['error']}" if r.get("error") else ""), markup=False, soft_wrap=True)
+    for key, why in result.skipped:
+        console.print(f"{'not pushed':<17} {keys.short(key)}: {why}", markup=False, soft_wrap=True)
+    counts: dict[str, int] = {}
+    for r in result.rows:
+        counts[r["status"]] = counts.get(r["status"], 0) + 1
+    summary = ", ".join(f"{v} {k}" for k, v in sorted(counts.items())) or "no verified entries"
+    console.print(f"sync to {where}: {summary}; {len(result.skipped)} not pushed", markup=False, soft_wrap=True)
+    return 0 if result.ok else 1

@@ -17,6 +17,7 @@ from pipeline.cli.console import console, err, print_advice, print_lines
 from pipeline.executors.local import LocalExecutor, row_for
 from pipeline.gc import describe as describe_gc
 from pipeline.gc import gc
+from pipeline.history import shared_history
 from pipeline.plan import annotate, describe, write_plan
 from pipeline.publish import publish_rows
 from pipeline.report import STATUS_STYLE, new_run_dir, summary_counts, summary_table, write_reports
@@ -115,7 +116,12 @@ def run(resolved, jobs: list[dict]) -> int:
     whatever happens: a signal (exit 130 / 143), an internal error (exit 3)."""
     cfg = resolved.cfg
     run_dir = new_run_dir(cfg["report"]["dir"])
-    annotate(jobs, Cache(cfg["cache"]["dir"]))  # estimates and rebuild reasons, in plan.json and the rows
+    trusted = list((cfg.get("shared_cache") or {}).get("trusted_repos") or [])
+    shared = lambda: shared_history(cfg["publish"], trusted)  # noqa: E731
+    # estimates, rebuild reasons and reused larger entries, in plan.json and the rows
+    totals = annotate(jobs, Cache(cfg["cache"]["dir"]), shared, bool(cfg.get("reuse_larger_shapes")))
+    for line in totals["reused"]:
+        console.print(line, markup=False, soft_wrap=True)
     try:
         write_plan(jobs, run_dir / "plan.json")
     except OSError as e:
@@ -131,6 +137,8 @@ def run(resolved, jobs: list[dict]) -> int:
         if row["status"] != "cached" and jobs[i].get("rebuild"):
             row["rebuild"] = jobs[i]["rebuild"]["text"]
         row["estimate"] = jobs[i].get("estimate")
+        if jobs[i].get("reused_for"):
+            row["reused_for"] = jobs[i]["reused_for"]
         rows[i] = row
         progress.done(i, row)
 

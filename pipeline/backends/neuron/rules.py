@@ -85,7 +85,11 @@ def parse_options(options: dict[str, Any] | None) -> tuple[Options, list[str]]:
     errors = [f"backend.{k}: unknown neuron option (known: {', '.join(OPTION_FIELDS)})"
               for k in sorted(data) if k not in OPTION_FIELDS]
     opts = Options(**{k: v for k, v in data.items() if k in OPTION_FIELDS})
-    if opts.target not in TARGETS:
+    if opts.target == "inf1":
+        errors.append("backend.target: 'inf1' (Inferentia 1) is out of scope: it needs the older torch-neuron / "
+                      "neuron-cc stack (end of support); this backend compiles with neuronx-cc for "
+                      f"{', '.join(TARGETS)}")
+    elif opts.target not in TARGETS:
         errors.append(f"backend.target: {opts.target!r} is not a Neuron target; use one of {', '.join(TARGETS)}")
     if isinstance(opts.optlevel, bool) or opts.optlevel not in OPTLEVELS:
         errors.append(f"backend.optlevel: {opts.optlevel!r} is not a neuronx-cc optlevel; use 1, 2 or 3")
