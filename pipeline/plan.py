@@ -139,6 +139,7 @@ def make_job(
     tolerance = {k: v for k, v in verify_cfg["tolerances"].get(spec["cast_type"], {}).items() if v is not None}
     return {
         "key": keys.key_of(spec),
+        "graph_key": keys.graph_key(spec, model.config),
         "spec": spec,
         "model": {
             "params": estimate_parameters(model.config or {}, model.task),
