@@ -66,7 +66,7 @@ class Job(TypedDict, total=False):
     backend_options: dict[str, Any]
     verify: VerifySettings
     timeout_s: int
-    status: str  # hit | miss | failed-before (plan)
+    status: str  # hit | miss | failed-before | refit (plan)
     estimate: dict[str, Any]  # {seconds, basis}
     rebuild: dict[str, Any]  # {text, fields, against}
     cache_dir: str

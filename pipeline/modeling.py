@@ -13,6 +13,7 @@ compiles + verifies through the same worker when nothing is found.
 from __future__ import annotations
 
 import dataclasses
+import logging
 import os
 import re
 import shutil
@@ -40,6 +41,7 @@ from pipeline.validate import (
 )
 
 DEFAULT_CACHE = "artifacts/cache"
+logger = logging.getLogger(__name__)
 
 
 class UnverifiedArtifactError(ArtifactError, RuntimeError):
@@ -263,9 +265,11 @@ class CompiledModel:
         if problems:
             raise ValueError("; ".join(problems))
         try:  # local cache -> shared cache (PIPELINE_CACHE_REPO) -> compile + verify, re-gated like a run
-            folder, _ = obtain(job, Cache(cache_dir))
+            folder, notes = obtain(job, Cache(cache_dir))
         except ObtainError as e:
             raise RuntimeError(f"{model_id} ({cls.task}, {job['cast_type']}, {job['shapes']}): {e}") from None
+        for note in notes:  # e.g. "refit: the program of <key> + these weights" (weights: refit, graph cached)
+            logger.info("%s: %s", model_id, note)
         return folder
 
     # ------------------------------------------------------------------ running

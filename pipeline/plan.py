@@ -17,7 +17,7 @@ from pipeline import keys, rebuild
 from pipeline.backends import get_backend
 from pipeline.backends.neuron.rules import estimate_parameters
 from pipeline.cache import Cache
-from pipeline.estimate import estimate, static_cost
+from pipeline.estimate import estimate, refit_estimate, static_cost
 from pipeline.history import entry_record, history
 from pipeline.job import Job, Spec
 from pipeline.tasks import TASKS
@@ -211,12 +211,20 @@ def annotate(jobs: list[dict], cache: Cache) -> dict:
             everything = history(cache)
         return everything
 
-    totals = {"misses": 0, "miss_s": 0.0, "hits": 0, "hit_saved_s": 0.0}
+    totals = {"misses": 0, "miss_s": 0.0, "hits": 0, "hit_saved_s": 0.0, "refits": 0}
+    programs: set[str] = set()  # graph keys (weights: refit) whose program is cached or built earlier in this plan
     for job in jobs:
         job["status"] = cache.status(job["key"])
+        graph = job.get("graph_key") if (job.get("backend_options") or {}).get("weights") == "refit" else None
+        if graph and job["status"] == "miss" and (graph in programs or cache.has_program(graph)):
+            job["status"] = "refit"
+        if graph:
+            programs.add(graph)
         records = records_for(job)
         est = estimate(job, records)
-        job["estimate"] = est.as_dict()
+        if job["status"] == "refit":
+            est = refit_estimate(est)
+            totals["refits"] += 1
         if job["status"] == "hit":
             totals["hits"] += 1
             totals["hit_saved_s"] += est.seconds

@@ -167,7 +167,7 @@ def build_artifact(job: dict, cache: Cache, tmp: Path, timings: dict, prebuilt: 
         if prebuilt:
             _check_prebuilt(job, tmp)
         else:
-            _compile(job, tmp, timings, backend, model, tokenizer, inputs)
+            _compile(job, tmp, timings, backend, model, tokenizer, inputs, _program(job, cache))
         return _verify(job, tmp, timings, verifier, inputs, reference)
     finally:
         if verifier.poll() is None:
@@ -218,11 +218,32 @@ def _reference(job: dict, cache: Cache, timings: dict):
     return model, tokenizer, inputs, reference
 
 
-def _compile(job: dict, tmp: Path, timings: dict, backend, model, tokenizer, inputs: dict) -> None:
+def refits(job: dict) -> bool:
+    """Whether this job's artifact keeps its weights beside a program shared by its graph key."""
+    return bool(job.get("graph_key")) and (job.get("backend_options") or {}).get("weights") == "refit"
+
+
+def _program(job: dict, cache: Cache) -> Path | None:
+    """The cached program this job can refit (weights: refit, same graph key), or None."""
+    return cache.program(job["graph_key"]) if refits(job) else None
+
+
+def _compile(job: dict, tmp: Path, timings: dict, backend, model, tokenizer, inputs: dict, program=None) -> None:
+    """Compile, or with a cached `program` of the job's graph key, refit it with this model's
+    weights (verified afterwards like any compile; a refit that does not fit falls back to a
+    compile, noted in the timings)."""
     spec = job["spec"]
     t = time.perf_counter()
     try:
-        section = backend.compile(model, inputs, spec, tmp)
+        section = None
+        if program is not None:
+            try:
+                section = backend.refit(model, inputs, spec, tmp, program)
+                timings["refit_from"] = program.name
+            except ValueError as e:  # the weights do not fit (nothing was written): compile instead
+                timings["refit_failed"] = str(e)[:300]
+        if section is None:
+            section = backend.compile(model, inputs, spec, tmp)
     except Exception as e:
         if isinstance(e, OSError) or out_of_memory(e):
             raise  # a full disk or exhausted memory is not a compile error
@@ -394,6 +415,10 @@ def run_job(job: Job, warm_start: bool = False) -> WorkerResult:
             _restore_output(saved)
             saved = None
             dest = cache.commit(key, tmp, _manifest(job, metrics, result["timings"]))
+            if refits(job):
+                cache.record_program(job["graph_key"], key)
+            if result["timings"].get("refit_from"):
+                result["notes"].append(f"refit: the program of {result['timings']['refit_from'][:12]} + these weights")
             return dict(result, status="passed", metrics=metrics, artifact=str(dest))
         except Exception as e:
             if saved is not None:

@@ -11,6 +11,7 @@ import json
 from pathlib import Path
 
 import pytest
+from conftest import cli_env, latest_report, run_cli
 from test_config import _repo_offline, composed
 
 from pipeline import keys, tasks, verify
@@ -59,7 +60,7 @@ def _variant(folder: Path, task: str, backend) -> dict:
 def _gate(backend, folder: Path, section: dict, variant: dict) -> str | None:
     """Load the artifact (fresh package, its own weights file) and gate it against `variant`'s
     reference: None when it passes, else the broken metric."""
-    run = backend.load(folder, section)
+    run = backend.load(folder, {"compiled": section})
     got = run(**variant["inputs"])
     task = tasks.TASKS[variant["task"]]
     mask = variant["inputs"]["attention_mask"]
@@ -193,3 +194,75 @@ def test_plan_gives_fine_tunes_one_graph_key(tiny_models):
     for job in jobs:
         config = json.loads((Path(job["model"]["path"]) / "config.json").read_text())
         assert job["graph_key"] == keys.graph_key(job["spec"], config)
+
+
+# --------------------------------------------------------------------------- planner, workers, runtime
+
+
+@pytest.fixture(scope="module")
+def refit_run(tmp_path_factory):
+    """`python -m pipeline backend.weights=refit` over two fine-tunes of one architecture: the
+    plan, then the run (one compile, one refit, each verified in its own worker)."""
+    root = tmp_path_factory.mktemp("refit-run")
+    models = [_finetune(root / "models", "tiny-distilbert", name, seed) for name, seed in (("ft-x", 11), ("ft-y", 12))]
+    env = cli_env(PIPELINE_CACHE_DIR=str(root / "cache"), PIPELINE_REPORT_DIR=str(root / "runs"))
+    inline = ", ".join(f"{{id: {m}, task: text-classification}}" for m in models)
+    shapes = "matrix.shapes=[{batch_size: 2, sequence_length: 16}]"
+    args = [f"matrix.models=[{inline}]", shapes, "backend.weights=refit"]
+    planned = run_cli(*args, "mode=plan", env=env)
+    assert planned.returncode == 0, planned.stdout[-2000:] + planned.stderr[-2000:]
+    plan_json = json.loads(sorted((root / "runs").glob("*/plan.json"))[-1].read_text())
+    ran = run_cli(*args, env=env)
+    assert ran.returncode == 0, ran.stdout[-3000:] + ran.stderr[-3000:]
+    return {"root": root, "plan": plan_json, "plan_out": planned.stdout, "report": latest_report(root / "runs")}
+
+
+def test_plan_marks_the_second_fine_tune_refit_with_a_smaller_estimate(refit_run):
+    jobs = refit_run["plan"]["jobs"]
+    assert [j["status"] for j in jobs] == ["miss", "refit"]
+    assert jobs[0]["graph_key"] == jobs[1]["graph_key"] and jobs[0]["key"] != jobs[1]["key"]
+    assert jobs[1]["estimate"]["seconds"] < jobs[0]["estimate"]["seconds"]
+    assert "a refit" in jobs[1]["estimate"]["basis"]
+    assert "1 by refit" in refit_run["plan_out"]
+
+
+def test_run_compiles_once_and_refits_the_other_fine_tune_verified(refit_run):
+    from pipeline.cache import Cache
+
+    rows = refit_run["report"]["jobs"]
+    assert [r["status"] for r in rows] == ["passed", "passed"]
+    first, second = rows
+    assert "refit_from" not in first["timings"] and "lower_s" in first["timings"]
+    assert second["timings"]["refit_from"] == first["key"] and "lower_s" not in second["timings"]
+    assert any(n.startswith("refit:") for n in second["notes"])
+    assert second["metrics"]["logits"]["allclose_violations"] == 0  # its own gate, against its own reference
+    cache = Cache(refit_run["root"] / "cache")
+    a, b = cache.entry_dir(first["key"]), cache.entry_dir(second["key"])
+    assert (a / "model.pt2").stat().st_ino == (b / "model.pt2").stat().st_ino  # one program on disk
+    assert (a / refit.WEIGHTS).read_bytes() != (b / refit.WEIGHTS).read_bytes()
+    assert cache.program(first["graph_key"]) in (a, b)
+
+
+def test_from_pretrained_export_refits_when_the_graph_is_cached(refit_run, caplog):
+    import logging
+
+    import torch
+
+    from pipeline.modeling import CompiledModelForSequenceClassification
+
+    folder = _finetune(refit_run["root"] / "models", "tiny-distilbert", "ft-z", 13)
+    with caplog.at_level(logging.INFO, logger="pipeline.modeling"):
+        compiled = CompiledModelForSequenceClassification.from_pretrained(
+            str(folder),
+            export=True,
+            cache_dir=refit_run["root"] / "cache",
+            backend_options={"weights": "refit"},
+            batch_size=2,
+            sequence_length=16,
+        )
+    assert any("refit: the program of" in r.getMessage() for r in caplog.records), caplog.text
+    eager = tasks.load_eager_model("text-classification", str(folder))
+    inputs = tasks.example_inputs(eager.config.to_dict(), 2, 16, seed=3)
+    with torch.no_grad():
+        want = eager(**inputs).logits
+    torch.testing.assert_close(compiled(**inputs).logits, want, atol=1e-4, rtol=1e-4)

@@ -249,7 +249,7 @@ class InductorBackend(Backend):
             export = {"export_s": time.perf_counter() - started, "export_cpu_s": decoder.cpu_seconds() - cpu_started}
             phases = decoder.compile_package(program, workdir / PACKAGE, {**configs, **speed})
             if refitting:
-                phases.update(refit.write_program_weights(program, workdir))
+                phases.update(refit.write_program_weights(program, workdir / PACKAGE, workdir))
         return {"compiled": self._section(spec, names, refitting), "timings": decoder.rounded({**export, **phases})}
 
     def _section(self, spec, names: list[str], refitting: bool) -> dict[str, Any]:

@@ -70,15 +70,18 @@ def module_constants(module: Any) -> dict[str, Any]:
     }
 
 
-def write_program_weights(program: Any, folder: Path) -> dict[str, float]:
-    """The exported program's weights (parameters, buffers, lifted constants) into
-    folder/weights.safetensors: the names AOTInductor's `get_constant_fqns` lists, less the
-    ones runtime constant folding computes from them."""
+def write_program_weights(program: Any, package_path: Path, folder: Path) -> dict[str, float]:
+    """The weights the compiled package uses, taken from the exported program (parameters,
+    buffers, lifted constants), into folder/weights.safetensors: the names AOTInductor's
+    `get_constant_fqns` lists, less the ones runtime constant folding computes from them. A
+    weight the graph never reads (e.g. a pooler whose output is not returned) is left out."""
+    import torch
     from safetensors.torch import save_file
 
     started = time.perf_counter()
     constants = {**program.state_dict, **program.constants}
-    save_file({k: _plain(v) for k, v in constants.items()}, str(folder / WEIGHTS))
+    used = torch._inductor.aoti_load_package(str(package_path)).get_constant_fqns()
+    save_file({k: _plain(constants[k]) for k in used if k in constants}, str(folder / WEIGHTS))
     return {"weights_s": round(time.perf_counter() - started, 3)}
 
 
