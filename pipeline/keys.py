@@ -126,3 +126,9 @@ def graph_key(spec: dict, config: dict | None) -> str | None:
     verified artifact: graph + these weights."""
     g = graph_spec(spec, config)
     return None if g is None else key_of(g)
+
+
+def shared_program(job: dict) -> str | None:
+    """The graph key under which a job shares its program with other fine-tunes (backend option
+    weights: refit), or None when its artifact embeds its weights."""
+    return job.get("graph_key") if (job.get("backend_options") or {}).get("weights") == "refit" else None

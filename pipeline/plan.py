@@ -215,7 +215,7 @@ def annotate(jobs: list[dict], cache: Cache) -> dict:
     programs: set[str] = set()  # graph keys (weights: refit) whose program is cached or built earlier in this plan
     for job in jobs:
         job["status"] = cache.status(job["key"])
-        graph = job.get("graph_key") if (job.get("backend_options") or {}).get("weights") == "refit" else None
+        graph = keys.shared_program(job)
         if graph and job["status"] == "miss" and (graph in programs or cache.has_program(graph)):
             job["status"] = "refit"
         if graph:

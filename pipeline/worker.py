@@ -34,7 +34,7 @@ import time
 import traceback
 from pathlib import Path
 
-from pipeline import shared_cache, tasks, verify
+from pipeline import keys, shared_cache, tasks, verify
 from pipeline.backends import get_backend
 from pipeline.cache import Cache
 from pipeline.job import Job, WorkerResult
@@ -167,7 +167,8 @@ def build_artifact(job: dict, cache: Cache, tmp: Path, timings: dict, prebuilt: 
         if prebuilt:
             _check_prebuilt(job, tmp)
         else:
-            _compile(job, tmp, timings, backend, model, tokenizer, inputs, _program(job, cache))
+            graph = keys.shared_program(job)  # weights: refit: a cached program of the graph key is refit
+            _compile(job, tmp, timings, backend, model, tokenizer, inputs, cache.program(graph) if graph else None)
         return _verify(job, tmp, timings, verifier, inputs, reference)
     finally:
         if verifier.poll() is None:
@@ -216,16 +217,6 @@ def _reference(job: dict, cache: Cache, timings: dict):
         )
     timings["reference_s"] = round(time.perf_counter() - t, 3)
     return model, tokenizer, inputs, reference
-
-
-def refits(job: dict) -> bool:
-    """Whether this job's artifact keeps its weights beside a program shared by its graph key."""
-    return bool(job.get("graph_key")) and (job.get("backend_options") or {}).get("weights") == "refit"
-
-
-def _program(job: dict, cache: Cache) -> Path | None:
-    """The cached program this job can refit (weights: refit, same graph key), or None."""
-    return cache.program(job["graph_key"]) if refits(job) else None
 
 
 def _compile(job: dict, tmp: Path, timings: dict, backend, model, tokenizer, inputs: dict, program=None) -> None:
@@ -415,7 +406,7 @@ def run_job(job: Job, warm_start: bool = False) -> WorkerResult:
             _restore_output(saved)
             saved = None
             dest = cache.commit(key, tmp, _manifest(job, metrics, result["timings"]))
-            if refits(job):
+            if keys.shared_program(job):
                 cache.record_program(job["graph_key"], key)
             if result["timings"].get("refit_from"):
                 result["notes"].append(f"refit: the program of {result['timings']['refit_from'][:12]} + these weights")

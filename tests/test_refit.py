@@ -206,7 +206,7 @@ def refit_run(tmp_path_factory):
     root = tmp_path_factory.mktemp("refit-run")
     models = [_finetune(root / "models", "tiny-distilbert", name, seed) for name, seed in (("ft-x", 11), ("ft-y", 12))]
     env = cli_env(PIPELINE_CACHE_DIR=str(root / "cache"), PIPELINE_REPORT_DIR=str(root / "runs"))
-    inline = ", ".join(f"{{id: {m}, task: text-classification}}" for m in models)
+    inline = ", ".join(f"{{id: {m}, task: text-classification, name: {m.parent.name}}}" for m in models)
     shapes = "matrix.shapes=[{batch_size: 2, sequence_length: 16}]"
     args = [f"matrix.models=[{inline}]", shapes, "backend.weights=refit"]
     planned = run_cli(*args, "mode=plan", env=env)
