@@ -225,6 +225,7 @@ def annotate(jobs: list[dict], cache: Cache) -> dict:
         if job["status"] == "refit":
             est = refit_estimate(est)
             totals["refits"] += 1
+        job["estimate"] = est.as_dict()
         if job["status"] == "hit":
             totals["hits"] += 1
             totals["hit_saved_s"] += est.seconds
