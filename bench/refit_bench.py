@@ -13,7 +13,8 @@ the backend's own code (InductorBackend.compile / .refit / .load):
   refit         the first fine-tune as above with weights: refit; every other one: load eager
                 model + reference, refit (weights.safetensors beside the first's program), load,
                 run, gate
-Figures for N are the sums over the first N fine-tunes. Inductor's FX graph and AOT caches are
+Figures for N are the sums over the first N fine-tunes, after one untimed warm-up compile of
+another architecture. Inductor's FX graph and AOT caches are
 off (a fresh cache directory per compile would do the same): a warm cache would flatter both.
 Latency: embedded vs refit artifact of the first fine-tune, interleaved blocks, median per call.
 Writes bench/results/refit.md and prints the CPU's lscpu flags with it.
@@ -122,6 +123,18 @@ def latency(backend_a, a: tuple, backend_b, b: tuple, inputs: dict, blocks: int,
     return statistics.median(times[0]), statistics.median(times[1])
 
 
+def warm_up(work: Path, seq: int) -> None:
+    """One untimed compile (another architecture), so that neither arm pays for the process's
+    first compile (imports, Inductor's ISA probe, header precompilation: ~60 s more here)."""
+    from pipeline import tiny
+    from pipeline.backends import get_backend
+
+    started = time.perf_counter()
+    folder = tiny.build("tiny-bert", work / "warm-up" / "model")
+    one_variant(get_backend("inductor", {}), folder, "feature-extraction", seq, work / "warm-up" / "artifact", None)
+    print(f"warm-up compile (untimed): {time.perf_counter() - started:.1f} s", flush=True)
+
+
 def bench_model(name: str, ns: list[int], seq: int, work: Path, blocks: int) -> dict:
     from pipeline.backends import get_backend
 
@@ -192,6 +205,7 @@ def main(argv: list[str]) -> int:
     cpu, flags = lscpu()
     print(f"CPU: {cpu}\nflags: {flags}", flush=True)
     with tempfile.TemporaryDirectory(prefix="refit-bench-") as tmp:
+        warm_up(Path(tmp), args.seq)
         results = {
             m: bench_model(m, sorted(set(args.minilm_n if m == "minilm" else args.n)), args.seq, Path(tmp), args.blocks)
             for m in args.models

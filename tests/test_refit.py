@@ -172,11 +172,11 @@ def test_embedded_is_the_default_and_keeps_existing_keys():
         ),
         (
             ("backend.weights=refit", "matrix.models=[tiny-gpt2]"),
-            "backend.weights: weights: refit supports encoder tasks only",
+            "backend.weights: refit supports encoder tasks only",
         ),
         (
             ("backend.weights=refit", "matrix.models=[tiny-bert]", "matrix.cast_types=[int8]"),
-            "backend.weights: weights: refit cannot serve cast_type int8",
+            "backend.weights: refit cannot serve cast_type int8",
         ),
     ],
 )
@@ -184,6 +184,12 @@ def test_refit_config_errors_name_the_key(tiny_models, overrides, message):
     with _repo_offline(), pytest.raises(ConfigError) as e:
         validate(composed(*overrides))
     assert any(message in err for err in e.value.errors), e.value.errors
+
+
+def test_cli_exits_2_naming_backend_weights(tiny_models):
+    proc = run_cli("matrix.models=[tiny-gpt2]", "backend.weights=refit", "mode=validate")
+    assert proc.returncode == 2, proc.stdout[-1000:] + proc.stderr[-1000:]
+    assert "backend.weights: refit supports encoder tasks only" in proc.stdout + proc.stderr
 
 
 def test_plan_gives_fine_tunes_one_graph_key(tiny_models):

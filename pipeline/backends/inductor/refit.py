@@ -45,10 +45,10 @@ class RefitError(ValueError):
 def unsupported(task: str, cast_type: str) -> str | None:
     """Why `weights: refit` cannot serve this task and cast type, or None."""
     if task == "text-generation":
-        return "weights: refit supports encoder tasks only; text-generation compiles with weights: embedded"
+        return "refit supports encoder tasks only; text-generation compiles with weights: embedded"
     if cast_type == "int8":
         return (
-            "weights: refit cannot serve cast_type int8 (its weights are quantized into the program); "
+            "refit cannot serve cast_type int8 (its weights are quantized into the program); "
             "use weights: embedded"
         )
     return None
