@@ -104,6 +104,7 @@ def fleet(tmp_path_factory):
     return {"backend": backend, "variants": variants, "artifacts": artifacts, "compiles": compiles, "root": root}
 
 
+@pytest.mark.slow
 def test_fine_tunes_share_a_graph_key_and_keep_their_own_keys(fleet):
     v = fleet["variants"]
     assert len({v[n]["graph_key"] for n in FINETUNES}) == 1
@@ -112,6 +113,7 @@ def test_fine_tunes_share_a_graph_key_and_keep_their_own_keys(fleet):
     assert v["ft-a"]["spec"]["backend"]["options"]["weights"] == "refit"
 
 
+@pytest.mark.slow
 def test_one_compile_per_architecture_and_every_variant_passes_its_own_gate(fleet):
     backend, artifacts = fleet["backend"], fleet["artifacts"]
     assert len(fleet["compiles"]) == 2, fleet["compiles"]
@@ -125,6 +127,7 @@ def test_one_compile_per_architecture_and_every_variant_passes_its_own_gate(flee
         assert _gate(backend, folder, section, fleet["variants"][name]) is None, name
 
 
+@pytest.mark.slow
 def test_weights_are_outside_the_program(fleet):
     folder = fleet["artifacts"]["ft-a"][0]
     n_params = sum(p.numel() for p in fleet["variants"]["ft-a"]["model"].parameters())
@@ -134,6 +137,7 @@ def test_weights_are_outside_the_program(fleet):
     assert different.read_bytes() != (folder / refit.WEIGHTS).read_bytes()
 
 
+@pytest.mark.slow
 def test_a_variant_given_another_fine_tunes_weights_fails_its_gate(fleet):
     backend, artifacts, v = fleet["backend"], fleet["artifacts"], fleet["variants"]
     swapped = fleet["root"] / "swapped"
@@ -144,6 +148,7 @@ def test_a_variant_given_another_fine_tunes_weights_fails_its_gate(fleet):
     assert _gate(backend, swapped, out["compiled"], v["ft-b"]) is None  # the weights it really holds
 
 
+@pytest.mark.slow
 def test_another_architectures_weights_are_refused(fleet):
     backend, artifacts, v = fleet["backend"], fleet["artifacts"], fleet["variants"]
     target = fleet["root"] / "wrong-arch"
@@ -223,6 +228,7 @@ def refit_run(tmp_path_factory):
     return {"root": root, "plan": plan_json, "plan_out": planned.stdout, "report": latest_report(root / "runs")}
 
 
+@pytest.mark.slow
 def test_plan_marks_the_second_fine_tune_refit_with_a_smaller_estimate(refit_run):
     jobs = refit_run["plan"]["jobs"]
     assert [j["status"] for j in jobs] == ["miss", "refit"]
@@ -232,6 +238,7 @@ def test_plan_marks_the_second_fine_tune_refit_with_a_smaller_estimate(refit_run
     assert "1 by refit" in refit_run["plan_out"]
 
 
+@pytest.mark.slow
 def test_run_compiles_once_and_refits_the_other_fine_tune_verified(refit_run):
     from pipeline.cache import Cache
 
@@ -249,6 +256,7 @@ def test_run_compiles_once_and_refits_the_other_fine_tune_verified(refit_run):
     assert cache.program(refit_run["plan"]["jobs"][0]["graph_key"]) in (a, b)
 
 
+@pytest.mark.slow
 def test_from_pretrained_export_refits_when_the_graph_is_cached(refit_run, caplog):
     import logging
 
