@@ -166,6 +166,8 @@ def test_embedded_is_the_default_and_keeps_existing_keys():
     assert embedded.options["weights"] == "embedded"
     assert "weights" not in embedded.spec_options()  # keys computed before the option existed stay valid
     assert get_backend("inductor", {"weights": "refit"}).spec_options()["weights"] == "refit"
+    assert refit.TRADE_OFF in get_backend("inductor", {"weights": "refit"}).advice(set())  # plan prints it
+    assert refit.TRADE_OFF not in embedded.advice(set())
 
 
 @pytest.mark.parametrize(

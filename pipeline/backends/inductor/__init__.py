@@ -173,10 +173,11 @@ class InductorBackend(Backend):
         }
 
     def advice(self, cast_types: set[str]) -> list[str]:
+        notes = [refit.TRADE_OFF] if self.options.get("weights") == "refit" else []
         flags = cpu_flags()
         if self.options.get("device", "cpu") != "cpu" or not flags:  # no /proc/cpuinfo: nothing known
-            return []
-        return [
+            return notes
+        return notes + [
             f"cast_type {cast}: this CPU has neither {' nor '.join(NATIVE_LOW_PRECISION[cast])}, so {cast} math is "
             "emulated "
             "and its artifacts will likely run slower than fp32 (bench/results/latency.md measured bf16 at 0.4x "

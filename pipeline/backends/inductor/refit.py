@@ -38,6 +38,14 @@ REFIT_CONFIGS: dict[str, Any] = {
 }
 
 
+# What mode=plan and runs say when weights: refit is chosen (measured: bench/results/refit.md).
+TRADE_OFF = (
+    "weights: refit: one compile per architecture, each further fine-tune a refit (~1 s for a tiny model, "
+    "17% of a compile for MiniLM) verified against its own reference; refit artifacts run slower than "
+    "embedded (frozen) ones: 1.10-1.15x per call on MiniLM (bench/results/refit.md)"
+)
+
+
 class RefitError(ValueError):
     """The weights do not fit the program (another architecture, shape or dtype)."""
 
