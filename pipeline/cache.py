@@ -4,6 +4,7 @@
     <dir>/.tmp/<key>-<rand>/    entries being built (same filesystem, renamed into place)
     <dir>/.locks/<key>.lock     per-key filelock: one compile per key across processes
     <dir>/.failures/<key>.json  why a key failed last time (retried unless retry_failed=false)
+    <dir>/.programs/<graph key>.json  weights: refit: the entry whose model.pt2 other fine-tunes refit
 
 An entry only exists once it passed verification; it is written in a temp dir and renamed
 into place, so a crash never leaves a half entry. Every file's sha256 is in the manifest
@@ -15,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import shutil
 import tempfile
 import time
@@ -26,6 +28,7 @@ from filelock import FileLock, Timeout
 
 MANIFEST = "manifest.json"
 LAST_USED = ".last_used"
+_HEX64 = re.compile(r"[0-9a-f]{64}")
 
 
 def sha256_file(path: Path) -> str:
@@ -228,6 +231,36 @@ class Cache:
 
     def clear_failure(self, key: str) -> None:
         (self.root / ".failures" / f"{key}.json").unlink(missing_ok=True)
+
+    # ---- programs (weights: refit): graph key -> an entry whose model.pt2 has no weights inside
+    def record_program(self, graph_key: str, key: str) -> None:
+        """Remember that entry `key` holds the program of `graph_key` (a refit-mode artifact:
+        any of them does, their model.pt2 is the same program)."""
+        d = self.root / ".programs"
+        d.mkdir(parents=True, exist_ok=True)
+        tmp = d / f".{graph_key}.{os.getpid()}.tmp"
+        tmp.write_text(json.dumps({"key": key, "recorded_at": now_iso()}))
+        os.replace(tmp, d / f"{graph_key}.json")
+
+    def _program_key(self, graph_key: str) -> str | None:
+        if not _HEX64.fullmatch(str(graph_key)):
+            return None
+        try:
+            key = json.loads((self.root / ".programs" / f"{graph_key}.json").read_text())["key"]
+        except (OSError, ValueError, KeyError, TypeError):
+            return None
+        return key if isinstance(key, str) and _HEX64.fullmatch(key) else None
+
+    def has_program(self, graph_key: str) -> bool:
+        """From files only, for planning: a recorded program whose entry is still there."""
+        key = self._program_key(graph_key)
+        return key is not None and self.status(key) == "hit"
+
+    def program(self, graph_key: str) -> Path | None:
+        """The entry folder holding `graph_key`'s program, integrity checked, or None (never
+        recorded, or its entry was collected or broken)."""
+        key = self._program_key(graph_key)
+        return None if key is None else self.lookup(key)[0]
 
     # ---- garbage collection
     def entries(self) -> list[Path]:

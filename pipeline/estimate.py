@@ -64,6 +64,20 @@ def estimate(job: dict, records: list[Record]) -> Estimate:
     return Estimate(DEFAULT_S, f"default {DEFAULT_S:.0f} s (no recorded timings)")
 
 
+# A refit (weights: refit, the graph key's program cached or compiled earlier in the plan) costs
+# the eager reference, writing the weights and the verification, not the compile. Measured through
+# the CLI on a loaded 2-core machine (tests/test_refit.py): 36 s against 111 s for the compile of
+# the same tiny model (0.33x), nearly all of it the fresh verifying process's start, which a
+# compile hides (it starts while the compile runs). The refit itself: ~1 s (bench/results/refit.md).
+REFIT_SHARE = 0.33
+
+
+def refit_estimate(full: Estimate) -> Estimate:
+    if full.basis == "recorded for this variant":  # its own earlier time: already what it costs
+        return full
+    return Estimate(full.seconds * REFIT_SHARE, f"a refit: {REFIT_SHARE}x the compile estimate ({full.basis})")
+
+
 def static_cost(job: dict) -> float:
     """A history-free relative cost for balancing CI shards: parameters and tokens."""
     params = job["model"].get("params") or 10_000_000

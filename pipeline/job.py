@@ -56,6 +56,7 @@ class Job(TypedDict, total=False):
     rebuild) and what a worker needs besides (cache_dir, shared_cache, memory_limit_gb)."""
 
     key: str
+    graph_key: str | None  # the program without weights (keys.graph_key); None when config.json is unknown
     spec: Spec
     model: ModelRef
     task: str
@@ -65,7 +66,7 @@ class Job(TypedDict, total=False):
     backend_options: dict[str, Any]
     verify: VerifySettings
     timeout_s: int
-    status: str  # hit | miss | failed-before (plan)
+    status: str  # hit | miss | failed-before | refit (plan)
     estimate: dict[str, Any]  # {seconds, basis}
     rebuild: dict[str, Any]  # {text, fields, against}
     cache_dir: str

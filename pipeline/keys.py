@@ -78,3 +78,57 @@ def diff(a: dict, b: dict) -> list[tuple[str, Any, Any]]:
         if va != vb:
             rows.append((path, None if va is missing else va, None if vb is missing else vb))
     return rows
+
+
+# --------------------------------------------------------------------------- graph key
+
+# config.json fields that name, label or date a checkpoint but never change the compiled program.
+# id2label / label2id carry label *names*: only their count (num_labels) shapes the graph.
+WEIGHT_ONLY_CONFIG_FIELDS = frozenset(
+    {
+        "_name_or_path",
+        "_commit_hash",
+        "transformers_version",
+        "id2label",
+        "label2id",
+        "finetuning_task",
+        "task_specific_params",
+        "torch_dtype",  # the spec's cast_type decides the compiled dtype; weights load as fp32
+        "dtype",
+    }
+)
+
+
+def architecture(config: dict) -> dict:
+    """The compile-relevant part of a model's config.json: everything but the fields that name,
+    label or date a checkpoint. Two fine-tunes of one base agree on it; any shape, layer count,
+    activation or head size makes it differ."""
+    arch = {k: v for k, v in config.items() if k not in WEIGHT_ONLY_CONFIG_FIELDS}
+    labels = config.get("id2label")
+    if isinstance(labels, dict):
+        arch["num_labels"] = len(labels)
+    return arch
+
+
+def graph_spec(spec: dict, config: dict | None) -> dict | None:
+    """The spec of the program without its weights: the spec minus the model's id and
+    revision (commit or content hash), plus the architecture from its config.json. None when
+    the config is unknown (unreadable offline): such a job never shares a program."""
+    if not isinstance(config, dict):
+        return None
+    out = {k: v for k, v in spec.items() if k != "model"}
+    out["architecture"] = architecture(config)
+    return out
+
+
+def graph_key(spec: dict, config: dict | None) -> str | None:
+    """Names a compiled program with no weights inside; the full key (key_of) still names one
+    verified artifact: graph + these weights."""
+    g = graph_spec(spec, config)
+    return None if g is None else key_of(g)
+
+
+def shared_program(job: dict) -> str | None:
+    """The graph key under which a job shares its program with other fine-tunes (backend option
+    weights: refit), or None when its artifact embeds its weights."""
+    return job.get("graph_key") if (job.get("backend_options") or {}).get("weights") == "refit" else None

@@ -277,9 +277,11 @@ class CompiledModel:
             if entry is not None:
                 logger.info(reuse.take(job, entry))
         try:  # local cache -> shared cache (PIPELINE_CACHE_REPO) -> compile + verify, re-gated like a run
-            folder, _ = obtain(job, cache)
+            folder, notes = obtain(job, cache)
         except ObtainError as e:
             raise RuntimeError(f"{model_id} ({cls.task}, {job['cast_type']}, {job['shapes']}): {e}") from None
+        for note in notes:  # e.g. "refit: the program of <key> + these weights" (weights: refit, graph cached)
+            logger.info("%s: %s", model_id, note)
         return folder, job.get("reused_for")
 
     # ------------------------------------------------------------------ running

@@ -17,7 +17,7 @@ from pipeline import keys, rebuild, reuse
 from pipeline.backends import get_backend
 from pipeline.backends.neuron.rules import estimate_parameters
 from pipeline.cache import Cache
-from pipeline.estimate import estimate, static_cost
+from pipeline.estimate import estimate, refit_estimate, static_cost
 from pipeline.history import entry_record, history
 from pipeline.job import Job, Spec
 from pipeline.tasks import TASKS
@@ -139,6 +139,7 @@ def make_job(
     tolerance = {k: v for k, v in verify_cfg["tolerances"].get(spec["cast_type"], {}).items() if v is not None}
     return {
         "key": keys.key_of(spec),
+        "graph_key": keys.graph_key(spec, model.config),
         "spec": spec,
         "model": {
             "params": estimate_parameters(model.config or {}, model.task),
@@ -216,8 +217,9 @@ def annotate(
             everything = history(cache)
         return everything
 
-    totals = {"misses": 0, "miss_s": 0.0, "hits": 0, "hit_saved_s": 0.0}
+    totals = {"misses": 0, "miss_s": 0.0, "hits": 0, "hit_saved_s": 0.0, "refits": 0}
     reused: list[str] = []
+    programs: set[str] = set()  # graph keys (weights: refit) whose program is cached or built earlier in this plan
     for job in jobs:
         job["status"] = cache.status(job["key"])
         if reuse_larger_shapes and job["status"] != "hit":
@@ -225,8 +227,16 @@ def annotate(
             if entry is not None:
                 reused.append(reuse.take(job, entry))
                 job["status"] = cache.status(job["key"])
+        graph = keys.shared_program(job)
+        if graph and job["status"] == "miss" and (graph in programs or cache.has_program(graph)):
+            job["status"] = "refit"
+        if graph:
+            programs.add(graph)
         records = records_for(job)
         est = estimate(job, records)
+        if job["status"] == "refit":
+            est = refit_estimate(est)
+            totals["refits"] += 1
         job["estimate"] = est.as_dict()
         if job["status"] == "hit":
             totals["hits"] += 1

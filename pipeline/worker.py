@@ -34,7 +34,7 @@ import time
 import traceback
 from pathlib import Path
 
-from pipeline import shared_cache, tasks, verify
+from pipeline import keys, shared_cache, tasks, verify
 from pipeline.backends import get_backend
 from pipeline.cache import Cache
 from pipeline.job import Job, WorkerResult
@@ -167,7 +167,8 @@ def build_artifact(job: dict, cache: Cache, tmp: Path, timings: dict, prebuilt: 
         if prebuilt:
             _check_prebuilt(job, tmp)
         else:
-            _compile(job, tmp, timings, backend, model, tokenizer, inputs)
+            graph = keys.shared_program(job)  # weights: refit: a cached program of the graph key is refit
+            _compile(job, tmp, timings, backend, model, tokenizer, inputs, cache.program(graph) if graph else None)
         return _verify(job, tmp, timings, verifier, inputs, reference)
     finally:
         if verifier.poll() is None:
@@ -218,11 +219,22 @@ def _reference(job: dict, cache: Cache, timings: dict):
     return model, tokenizer, inputs, reference
 
 
-def _compile(job: dict, tmp: Path, timings: dict, backend, model, tokenizer, inputs: dict) -> None:
+def _compile(job: dict, tmp: Path, timings: dict, backend, model, tokenizer, inputs: dict, program=None) -> None:
+    """Compile, or with a cached `program` of the job's graph key, refit it with this model's
+    weights (verified afterwards like any compile; a refit that does not fit falls back to a
+    compile, noted in the timings)."""
     spec = job["spec"]
     t = time.perf_counter()
     try:
-        section = backend.compile(model, inputs, spec, tmp)
+        section = None
+        if program is not None:
+            try:
+                section = backend.refit(model, inputs, spec, tmp, program)
+                timings["refit_from"] = program.name
+            except ValueError as e:  # the weights do not fit (nothing was written): compile instead
+                timings["refit_failed"] = str(e)[:300]
+        if section is None:
+            section = backend.compile(model, inputs, spec, tmp)
     except Exception as e:
         if isinstance(e, OSError) or out_of_memory(e):
             raise  # a full disk or exhausted memory is not a compile error
@@ -394,6 +406,10 @@ def run_job(job: Job, warm_start: bool = False) -> WorkerResult:
             _restore_output(saved)
             saved = None
             dest = cache.commit(key, tmp, _manifest(job, metrics, result["timings"]))
+            if keys.shared_program(job):
+                cache.record_program(job["graph_key"], key)
+            if result["timings"].get("refit_from"):
+                result["notes"].append(f"refit: the program of {result['timings']['refit_from'][:12]} + these weights")
             return dict(result, status="passed", metrics=metrics, artifact=str(dest))
         except Exception as e:
             if saved is not None:

@@ -12,7 +12,7 @@ import re
 from typing import Any
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from pipeline import keys
@@ -319,3 +319,67 @@ def test_canonical_json_is_sorted_compact_ascii():
 def test_canonical_json_rejects_nan():
     with pytest.raises(ValueError):
         keys.key_of({"atol": float("nan")})
+
+
+# --------------------------------------------------------------------------- graph key vs weights
+
+ARCH_CONFIG = {
+    "architectures": ["DistilBertForSequenceClassification"],
+    "model_type": "distilbert",
+    "dim": 32,
+    "n_layers": 2,
+    "n_heads": 2,
+    "hidden_dim": 64,
+    "vocab_size": 1000,
+    "max_position_embeddings": 128,
+    "activation": "gelu",
+    "id2label": {"0": "LABEL_0", "1": "LABEL_1", "2": "LABEL_2"},
+    "label2id": {"LABEL_0": 0, "LABEL_1": 1, "LABEL_2": 2},
+    "_name_or_path": "org/base",
+    "transformers_version": "4.57.0",
+}
+
+
+def weights_only(config: dict, data) -> dict:
+    """The config of another fine-tune of the same base: renamed, relabelled, re-dated."""
+    out = dict(config)
+    out["_name_or_path"] = data.draw(st.text(min_size=1, max_size=20), label="name")
+    out["transformers_version"] = data.draw(st.sampled_from(["4.57.0", "4.57.1", "5.0.0"]), label="tv")
+    names = data.draw(st.lists(st.text(min_size=1, max_size=8), min_size=3, max_size=3, unique=True), label="labels")
+    out["id2label"] = {str(i): n for i, n in enumerate(names)}
+    out["label2id"] = {n: i for i, n in enumerate(names)}
+    return out
+
+
+@SETTINGS
+@given(specs(), HEX40, st.data())
+def test_weights_change_the_full_key_but_not_the_graph_key(spec, sha, data):
+    other = set_in(spec, ("model", "revision"), sha)
+    other = set_in(other, ("model", "id"), data.draw(st.sampled_from(["org/finetune-a", spec["model"]["id"]])))
+    assume(other["model"] != spec["model"])
+    config = weights_only(ARCH_CONFIG, data)
+    assert keys.key_of(other) != keys.key_of(spec)
+    assert keys.graph_key(other, config) == keys.graph_key(spec, ARCH_CONFIG)
+
+
+@SETTINGS
+@given(specs(), st.data())
+def test_any_compile_relevant_change_changes_both_keys(spec, data):
+    paths = [p for p in leaves(spec) if p[0] != "model"] + [("architecture", k) for k in ARCH_CONFIG]
+    path = data.draw(st.sampled_from(paths), label="path")
+    assume(path[0] != "architecture" or path[1] not in keys.WEIGHT_ONLY_CONFIG_FIELDS)
+    bump = data.draw(st.integers(1, 1000), label="bump")
+    if path[0] == "architecture":
+        mutated, config = spec, dict(ARCH_CONFIG, **{path[1]: changed(ARCH_CONFIG[path[1]], bump)})
+        assert keys.key_of(mutated) == keys.key_of(spec)  # in the full key, the revision names the architecture
+    else:
+        mutated, config = set_in(spec, path, changed(get_in(spec, path), bump)), ARCH_CONFIG
+        assert keys.key_of(mutated) != keys.key_of(spec)
+    assert keys.graph_key(mutated, config) != keys.graph_key(spec, ARCH_CONFIG)
+
+
+def test_a_label_count_change_changes_the_graph_key():
+    more = dict(ARCH_CONFIG, id2label={str(i): f"L{i}" for i in range(4)})
+    spec = {"task": "text-classification", "model": {"id": "a", "revision": "b"}}
+    assert keys.graph_key(spec, more) != keys.graph_key(spec, ARCH_CONFIG)
+    assert keys.graph_key(spec, None) is None

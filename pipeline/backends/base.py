@@ -61,6 +61,14 @@ class Backend:
         Returns the backend's section for the artifact's config.json (what `load` needs)."""
         raise NotImplementedError
 
+    def refit(
+        self, model: Any, example_inputs: dict[str, Any], spec: dict[str, Any], workdir: Path, program: Path
+    ) -> dict[str, Any]:
+        """What `compile` returns, without compiling: the weight-free program in the artifact
+        folder `program` (same graph key) plus `model`'s weights, written into `workdir`.
+        Raises ValueError, having written nothing, when the weights do not fit the program."""
+        raise ValueError(f"backend {self.name} has no weight-free programs to refit")
+
     def load(self, folder: Path, compile_config: dict[str, Any]) -> Callable[..., Any]:
         """Load an artifact folder written by `compile`; returns a callable taking the
         model's input tensors as keyword arguments and returning a dict of output tensors."""

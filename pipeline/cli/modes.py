@@ -96,7 +96,7 @@ def plan_mode(resolved) -> int:
         counts[status] = counts.get(status, 0) + 1
         if i > shown:
             continue
-        style = {"hit": "green", "failed-before": "red"}.get(status, "yellow")
+        style = {"hit": "green", "failed-before": "red", "refit": "cyan"}.get(status, "yellow")
         table.add_row(
             str(i),
             job["model"]["name"],
@@ -123,7 +123,9 @@ def plan_mode(resolved) -> int:
     if totals["misses"]:
         bases = sorted({j["estimate"]["basis"] for j in jobs if j["status"] != "hit"})
         console.print(
-            f"estimated: {totals['misses']} to build, {_minutes(totals['miss_s'])} of compile + verify, "
+            f"estimated: {totals['misses']} to build"
+            + (f" ({totals['refits']} by refit of a program built once per architecture)" if totals["refits"] else "")
+            + f", {_minutes(totals['miss_s'])} of compile + verify, "
             f"~{_minutes(totals['miss_s'] / workers)} on {workers} worker{'s' * (workers != 1)}; "
             f"the {totals['hits']} hits save ~{_minutes(totals['hit_saved_s'])} (basis: {'; '.join(bases)})",
             markup=False,
