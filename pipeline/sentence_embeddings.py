@@ -34,8 +34,9 @@ def _read_json(path: Path) -> Any:
 
 def _pooling_mode(cfg: dict, path: Path) -> str:
     """The one pooling mode of a 1_Pooling/config.json (old boolean keys or the newer `pooling_mode`)."""
-    if isinstance(cfg.get("pooling_mode"), str):
-        modes = [cfg["pooling_mode"].replace("_tokens", "").replace("mean_sqrt_len", "mean_sqrt_len_tokens")]
+    if cfg.get("pooling_mode") is not None:  # sentence-transformers >= 6 writes the mode by name
+        mode = cfg["pooling_mode"]
+        modes = [mode] if isinstance(mode, str) else list(mode)
     else:
         flags = {
             "cls": "pooling_mode_cls_token",
@@ -79,7 +80,7 @@ def read_config(folder: str | Path) -> dict:
         "pooling": _pooling_mode(pooling, pooling_path),
         "normalize": "Normalize" in kinds,
         "max_seq_length": int(max_len) if max_len else None,
-        "dimension": pooling.get("word_embedding_dimension"),
+        "dimension": pooling.get("embedding_dimension") or pooling.get("word_embedding_dimension"),
     }
 
 

@@ -127,6 +127,12 @@ def test_unsupported_sentence_transformers_files_are_named(minilm_path, tmp_path
     (folder / "1_Pooling" / "config.json").write_text(json.dumps({"pooling_mode_weightedmean_tokens": True}))
     with pytest.raises(sentence_embeddings.SentenceTransformersConfigError, match="pooling.*weightedmean"):
         sentence_embeddings.read_config(folder)
+    # the format sentence-transformers >= 6 writes: the mode by name
+    (folder / "1_Pooling" / "config.json").write_text(json.dumps({"embedding_dimension": 384, "pooling_mode": "cls"}))
+    assert sentence_embeddings.read_config(folder)["pooling"] == "cls"
+    (folder / "1_Pooling" / "config.json").write_text(json.dumps({"pooling_mode": ["cls", "max"]}))
+    with pytest.raises(sentence_embeddings.SentenceTransformersConfigError, match="pooling.*'cls', 'max'"):
+        sentence_embeddings.read_config(folder)
     (folder / "modules.json").unlink()
     with pytest.raises(sentence_embeddings.SentenceTransformersConfigError, match="no modules.json"):
         sentence_embeddings.read_config(folder)
@@ -139,7 +145,7 @@ def test_pooling_matches_sentence_transformers_pooling(mode):
     g = torch.Generator().manual_seed(0)
     tokens = torch.randn(3, 7, 16, generator=g)
     mask = torch.tensor([[1] * 7, [1] * 4 + [0] * 3, [1] * 2 + [0] * 5])
-    want = Pooling(16, pooling_mode=mode.replace("_tokens", ""))(
+    want = Pooling(16, pooling_mode=mode)(
         {"token_embeddings": tokens, "attention_mask": mask}
     )["sentence_embedding"]
     assert torch.allclose(sentence_embeddings.pool(tokens, mask, mode, False), want, atol=1e-6)
