@@ -14,6 +14,7 @@ import shutil
 import pytest
 import torch
 import transformers
+from test_modeling import TASK_MODELS  # the tiny encoder per task
 
 from pipeline import hf_pipelines, modeling, sentence_embeddings
 from pipeline.config import VerifyConfig
@@ -210,14 +211,7 @@ def test_encode_low_precision_within_its_gate(minilm_artifact, eager_embeddings,
 
 # --------------------------------------------------------------------------- pipeline()
 
-TINY = {
-    "feature-extraction": ("tiny-bert", modeling.CompiledModelForFeatureExtraction),
-    "text-classification": ("tiny-distilbert", modeling.CompiledModelForSequenceClassification),
-    "token-classification": ("tiny-roberta", modeling.CompiledModelForTokenClassification),
-    "question-answering": ("tiny-bert-qa", modeling.CompiledModelForQuestionAnswering),
-    "fill-mask": ("tiny-bert-mlm", modeling.CompiledModelForMaskedLM),
-    "text-generation": ("tiny-llama", modeling.CompiledModelForCausalLM),
-}
+TINY = {**TASK_MODELS, "text-generation": ("tiny-llama", modeling.CompiledModelForCausalLM)}
 
 
 @pytest.fixture(scope="module")
@@ -326,3 +320,13 @@ def test_plain_transformers_pipeline_complains_and_ours_does_not(tiny_compiled):
 def test_pipeline_refuses_a_task_the_artifact_was_not_compiled_for(tiny_compiled):
     with pytest.raises(ValueError, match="does not match the artifact's task 'fill-mask'"):
         hf_pipelines.pipeline("text-classification", model=tiny_compiled["fill-mask"])
+
+
+def test_every_task_has_a_runtime_class_named_on_its_model_card():
+    from pipeline import publish
+    from pipeline.tasks import TASKS as ALL
+
+    for task in ALL:
+        cls = getattr(modeling, publish.model_class(task))
+        assert cls.task == task and modeling.CLASS_FOR_TASK[task] is cls
+        assert set(ALL[task].token_outputs) <= set(ALL[task].outputs)
