@@ -21,23 +21,39 @@ from typing import Any
 from pipeline.modeling import CompiledModel
 from pipeline.tasks import canonical_task
 
-# our task -> transformers' pipeline task and the pipeline class it would pick
-PIPELINE_TASKS = {
-    "feature-extraction": ("feature-extraction", "FeatureExtractionPipeline"),
-    "text-classification": ("text-classification", "TextClassificationPipeline"),
-    "token-classification": ("token-classification", "TokenClassificationPipeline"),
-    "question-answering": ("question-answering", "QuestionAnsweringPipeline"),
-    "fill-mask": ("fill-mask", "FillMaskPipeline"),
-    "text-generation": ("text-generation", "TextGenerationPipeline"),
-}
+PIPELINE_TASKS = (
+    "feature-extraction",
+    "text-classification",
+    "token-classification",
+    "question-answering",
+    "fill-mask",
+    "text-generation",
+)
+
+
+class PipelineUnavailable(ValueError):
+    """The installed transformers has no pipeline for this task (transformers 5 removed question-answering)."""
 
 
 @functools.cache
 def pipeline_class(task: str) -> type:
     """The task's transformers pipeline class, accepting the compiled runtime classes."""
-    import transformers
+    import importlib
 
-    base = getattr(transformers, PIPELINE_TASKS[task][1])
+    import transformers
+    import transformers.pipelines as tp
+
+    removed = getattr(tp, "REMOVED_TASKS", {})
+    if task in removed or task not in tp.PIPELINE_REGISTRY.supported_tasks:
+        raise PipelineUnavailable(
+            f"transformers {transformers.__version__} has no {task!r} pipeline"
+            + (f" ({removed[task]})" if task in removed else "")
+            + f"; call the compiled model directly, as {task} models are called"
+        )
+    base = tp.PIPELINE_REGISTRY.supported_tasks[task]["impl"]
+    if isinstance(base, str):  # transformers 5 names it by dotted path
+        module, _, name = base.rpartition(".")
+        base = getattr(importlib.import_module(module), name)
 
     def check_model_type(self, supported_models):
         if isinstance(self.model, CompiledModel):
@@ -59,12 +75,13 @@ def pipeline(task: str, model: CompiledModel, tokenizer: Any = None, **kwargs: A
         raise ValueError(f"task {task!r}: pipeline() covers {', '.join(PIPELINE_TASKS)}")
     if canonical != model.task:
         raise ValueError(f"task {task!r} does not match the artifact's task {model.task!r}")
+    cls = pipeline_class(canonical)  # before loading anything: the task may have no pipeline
     if tokenizer is None:
         tokenizer = transformers.AutoTokenizer.from_pretrained(model.folder)
     return transformers.pipeline(
-        PIPELINE_TASKS[canonical][0],
+        canonical,
         model=model,
         tokenizer=tokenizer,
-        pipeline_class=pipeline_class(canonical),
+        pipeline_class=cls,
         **kwargs,
     )
