@@ -23,6 +23,7 @@ import sys
 import tempfile
 import time
 import traceback
+from importlib import metadata
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -70,22 +71,27 @@ def ort_arm(model_path: str, seq: int, threads: int, work: Path):
     names = ["input_ids", "attention_mask", "token_type_ids"]
 
     class Hidden(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.hf = hf  # a submodule: the tracer takes its weights as parameters, not constants
+
         def forward(self, input_ids, attention_mask, token_type_ids):
-            return hf(input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids)[0]
+            return self.hf(input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids)[0]
 
     ids = torch.ones(2, 16, dtype=torch.long)
     path = work / "model.onnx"
     dynamic = {n: {0: "batch", 1: "seq"} for n in [*names, "last_hidden_state"]}
-    torch.onnx.export(
-        Hidden(),
-        (ids, ids, torch.zeros_like(ids)),
-        str(path),
-        input_names=names,
-        output_names=["last_hidden_state"],
-        dynamic_axes=dynamic,
-        dynamo=False,
-        opset_version=17,
-    )
+    with torch.no_grad():
+        torch.onnx.export(
+            Hidden(),
+            (ids, ids, torch.zeros_like(ids)),
+            str(path),
+            input_names=names,
+            output_names=["last_hidden_state"],
+            dynamic_axes=dynamic,
+            dynamo=False,
+            opset_version=17,
+        )
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
     session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
@@ -185,10 +191,10 @@ def main(argv: list[str] | None = None) -> int:
 
     cpu, flags = lscpu()
     versions = {}
-    for name in ("torch", "transformers", "sentence_transformers", "onnxruntime", "optimum"):
+    for name in ("torch", "transformers", "sentence-transformers", "onnxruntime", "optimum", "optimum-onnx"):
         try:
-            versions[name] = __import__(name).__version__
-        except Exception:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
             versions[name] = "absent"
     eager_s = rows[0][1]
     lines = [
