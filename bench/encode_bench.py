@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import shutil
 import statistics
 import sys
@@ -152,7 +153,7 @@ def main(argv: list[str] | None = None) -> int:
             encode = build()
             seconds, got = timed(encode, data, args.repeats)
         except Exception as e:  # a missing or broken dependency: say why, keep the other arms
-            first = (str(e).strip().splitlines() or [""])[-1][:300]
+            first = re.sub(r" \(/[^)]*\)", "", (str(e).strip().splitlines() or [""])[-1])[:300]  # no local paths
             skipped.append((name, f"{type(e).__name__}: {first}"))
             traceback.print_exc()
             return
