@@ -19,16 +19,10 @@ import functools
 from typing import Any
 
 from pipeline.modeling import CompiledModel
-from pipeline.tasks import canonical_task
+from pipeline.tasks import TASKS, canonical_task
 
-PIPELINE_TASKS = (
-    "feature-extraction",
-    "text-classification",
-    "token-classification",
-    "question-answering",
-    "fill-mask",
-    "text-generation",
-)
+# transformers has no sentence-embeddings pipeline: that task runs inside SentenceTransformer (st_module)
+PIPELINE_TASKS = tuple(name for name in TASKS if name != "sentence-embeddings")
 
 
 class PipelineUnavailable(ValueError):
