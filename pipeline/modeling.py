@@ -31,7 +31,7 @@ from pipeline.keys import canonical_cast_type
 from pipeline.model_entries import check_model_id, entry_from, is_local_id, validation_job
 from pipeline.obtain import ObtainError, obtain
 from pipeline.plan import make_job
-from pipeline.tasks import TASKS, get_mandatory_axes_for_task  # noqa: F401  (re-exported helper)
+from pipeline.tasks import TASKS, get_mandatory_axes_for_task, output_class  # noqa: F401  (re-exported helper)
 from pipeline.validate import (
     ArtifactError,
     ArtifactNotFoundError,
@@ -186,7 +186,7 @@ class CompiledModel:
         manifest = check_artifact_manifest(folder, integrity=not checked)  # every file's sha256 first
         config = read_artifact_json(config_path)
         meta = check_artifact_meta(config, config_path)
-        if TASKS[meta["task"]].auto_class != TASKS[cls.task].auto_class:
+        if meta["task"] != cls.task:
             raise ArtifactError(
                 f"{folder} was compiled for task {meta['task']!r}; load it with {CLASS_FOR_TASK[meta['task']].__name__}"
             )
@@ -310,7 +310,7 @@ class CompiledModel:
         cut = {}
         for name, v in out.items():
             v = v[:b].float()
-            if v.dim() >= 2 and v.shape[1] == seq:
+            if name in TASKS[self.task].token_outputs:  # [batch, seq, ...]: back to the input length
                 v = v[:, :s]
             cut[name] = v
         return cut
@@ -353,9 +353,7 @@ class CompiledModel:
         else:
             chunks = [self._run_chunk({k: v[i : i + limit] for k, v in inputs.items()}) for i in range(0, b, limit)]
             merged = {k: torch.cat([c[k] for c in chunks], dim=0) for k in chunks[0]}
-        import transformers.modeling_outputs as mo
-
-        output = getattr(mo, TASKS[self.task].output_class)(**merged)
+        output = output_class(self.task)(**merged)
         return output if return_dict else output.to_tuple()
 
     __call__ = forward
@@ -457,6 +455,26 @@ class CompiledModelForCausalLM(CompiledModel):
     def can_generate(self) -> bool:
         return True
 
+    @property
+    def generation_config(self):
+        """The artifact's generation_config.json (what transformers' pipeline() reads for its defaults)."""
+        from transformers import GenerationConfig
+
+        return getattr(self.runner, "generation_config", None) or GenerationConfig.from_model_config(self.config)
+
+
+class CompiledModelForSentenceTransformers(CompiledModel):
+    """transformer + pooling (+ normalize) of a sentence-transformers model in one compiled graph;
+    forward() returns `sentence_embedding` ([batch, dim]) and `token_embeddings`. Inside
+    SentenceTransformer itself: pipeline.st_module.CompiledSentenceTransformer."""
+
+    task = "sentence-embeddings"
+
+    @property
+    def st_config(self) -> dict:
+        """{pooling, normalize, max_seq_length, dimension} read from the model at compile time."""
+        return dict(getattr(self.config, "sentence_transformers", None) or {})
+
 
 CLASS_FOR_TASK = {
     "feature-extraction": CompiledModelForFeatureExtraction,
@@ -465,6 +483,7 @@ CLASS_FOR_TASK = {
     "question-answering": CompiledModelForQuestionAnswering,
     "fill-mask": CompiledModelForMaskedLM,
     "text-generation": CompiledModelForCausalLM,
+    "sentence-embeddings": CompiledModelForSentenceTransformers,
 }
 
 
@@ -483,3 +502,4 @@ NeuronModelForTokenClassification = _neuron_default(CompiledModelForTokenClassif
 NeuronModelForQuestionAnswering = _neuron_default(CompiledModelForQuestionAnswering)
 NeuronModelForMaskedLM = _neuron_default(CompiledModelForMaskedLM)
 NeuronModelForCausalLM = _neuron_default(CompiledModelForCausalLM)
+NeuronModelForSentenceTransformers = _neuron_default(CompiledModelForSentenceTransformers)

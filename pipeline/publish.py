@@ -168,6 +168,8 @@ def _manifest_bytes(manifest: dict) -> bytes:
 
 
 def model_class(task: str) -> str:
+    if task == "sentence-embeddings":  # AutoModel underneath, but its own runtime class
+        return "CompiledModelForSentenceTransformers"
     auto = TASKS[task].auto_class if task in TASKS else "AutoModel"
     return "CompiledModelFor" + (auto[12:] if auto.startswith("AutoModelFor") else "FeatureExtraction")
 
@@ -196,7 +198,8 @@ def model_card(
     meta.update({k: facts[k] for k in ("license_name", "license_link") if facts.get(k)})
     if not model.get("local") and not str(spec["model"]["id"]).startswith("local:"):
         meta["base_model"] = spec["model"]["id"]
-    meta.update(library_name="pipeline", pipeline_tag=task,
+    hub_tag = "sentence-similarity" if task == "sentence-embeddings" else task  # the Hub's name for it
+    meta.update(library_name="pipeline", pipeline_tag=hub_tag,
                 tags=["pipeline", "compiled", spec["backend"]["name"], spec["cast_type"], task])  # fmt: skip
     cls = model_class(task)
     rev_arg = f', revision="{revision}"' if revision else ""

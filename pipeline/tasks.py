@@ -18,12 +18,22 @@ class Task:
     axes: tuple[str, ...] = ("batch_size", "sequence_length")  # mandatory input shape axes
     output_class: str = "BaseModelOutput"  # transformers.modeling_outputs class for runtime outputs
     decoder: bool = False
+    # outputs with a sequence axis ([batch, seq, ...]): the padding mask applies to them in
+    # verification, and the runtime cuts them back to the input length; the others are per row
+    token_outputs: tuple[str, ...] = ()
 
 
 TASKS: dict[str, Task] = {
     t.name: t
     for t in (
-        Task("feature-extraction", "AutoModel", ("last_hidden_state",), False, output_class="BaseModelOutput"),
+        Task(
+            "feature-extraction",
+            "AutoModel",
+            ("last_hidden_state",),
+            False,
+            output_class="BaseModelOutput",
+            token_outputs=("last_hidden_state",),
+        ),
         Task(
             "text-classification",
             "AutoModelForSequenceClassification",
@@ -37,6 +47,7 @@ TASKS: dict[str, Task] = {
             ("logits",),
             True,
             output_class="TokenClassifierOutput",
+            token_outputs=("logits",),
         ),
         Task(
             "question-answering",
@@ -44,9 +55,26 @@ TASKS: dict[str, Task] = {
             ("start_logits", "end_logits"),
             True,
             output_class="QuestionAnsweringModelOutput",
+            token_outputs=("start_logits", "end_logits"),
         ),
-        Task("fill-mask", "AutoModelForMaskedLM", ("logits",), True, output_class="MaskedLMOutput"),
+        Task(
+            "fill-mask",
+            "AutoModelForMaskedLM",
+            ("logits",),
+            True,
+            output_class="MaskedLMOutput",
+            token_outputs=("logits",),
+        ),
         Task("text-generation", "AutoModelForCausalLM", ("logits",), True, output_class="CausalLMOutput", decoder=True),
+        # transformer + pooling (+ normalize) of a sentence-transformers model, one graph
+        Task(
+            "sentence-embeddings",
+            "AutoModel",
+            ("sentence_embedding", "token_embeddings"),
+            False,
+            output_class="SentenceEmbeddingOutput",
+            token_outputs=("token_embeddings",),
+        ),
     )
 }
 
@@ -57,6 +85,8 @@ TASK_ALIASES = {
     "causal-lm": "text-generation",
     "masked-lm": "fill-mask",
     "default": "feature-extraction",
+    "sentence-similarity": "sentence-embeddings",
+    "sentence-transformers": "sentence-embeddings",
 }
 
 
@@ -179,9 +209,25 @@ def example_inputs(
     return out
 
 
+def output_class(task: str) -> type:
+    """The ModelOutput class the runtime returns for a task."""
+    if task == "sentence-embeddings":
+        from pipeline import sentence_embeddings  # lazy: transformers' ModelOutput is made on first use
+
+        return sentence_embeddings.output_class()
+    import transformers.modeling_outputs as mo
+
+    return getattr(mo, TASKS[task].output_class)
+
+
 def load_eager_model(task: str, path: str, revision: str | None = None):
     """The original model on CPU in fp32, eval mode, safetensors only, no remote code."""
     import transformers
+
+    if task == "sentence-embeddings":
+        from pipeline import sentence_embeddings  # lazy: keeps the registry free of torch at import
+
+        return sentence_embeddings.load_eager_model(path, revision)
 
     auto = getattr(transformers, TASKS[task].auto_class)
     model = auto.from_pretrained(

@@ -300,7 +300,14 @@ def _verify(job: dict, tmp: Path, timings: dict, verifier, inputs: dict, referen
         metrics = verify.decoder_metrics(reference, got, inputs["input_ids"].shape[1], tol)
     else:
         metrics = {
-            name: verify.output_metrics(reference[name], got[name], mask, task.argmax, tol.get("atol"), tol.get("rtol"))
+            name: verify.output_metrics(
+                reference[name],
+                got[name],
+                mask if name in task.token_outputs else None,  # a pooled [batch, dim] output has no pad positions
+                task.argmax,
+                tol.get("atol"),
+                tol.get("rtol"),
+            )
             for name in task.outputs
         }
     broken = verify.gate(metrics, tol)

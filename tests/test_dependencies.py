@@ -37,15 +37,15 @@ def _imports() -> dict[str, str]:
     return out
 
 
-def _declared() -> dict[str, str]:
-    """normalised distribution name -> where it is declared (dependencies or extra name)."""
+def _declared() -> dict[str, set[str]]:
+    """normalised distribution name -> where it is declared ("dependencies" and/or extra names)."""
     project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
-    out = {}
+    out: dict[str, set[str]] = {}
     for req in project["dependencies"]:
-        out[re.split(r"[<>=!\[; ]", req)[0].lower().replace("_", "-")] = "dependencies"
+        out.setdefault(re.split(r"[<>=!\[; ]", req)[0].lower().replace("_", "-"), set()).add("dependencies")
     for extra, reqs in project["optional-dependencies"].items():
         for req in reqs:
-            out.setdefault(re.split(r"[<>=!\[; ]", req)[0].lower().replace("_", "-"), extra)
+            out.setdefault(re.split(r"[<>=!\[; ]", req)[0].lower().replace("_", "-"), set()).add(extra)
     return out
 
 
@@ -53,6 +53,7 @@ def test_every_imported_module_is_declared():
     stdlib = set(sys.stdlib_module_names)
     dists = metadata.packages_distributions()
     declared = _declared()
+    readme = (REPO / "README.md").read_text()
     missing = []
     for module, where in sorted(_imports().items()):
         if module in stdlib or module == "pipeline" or module in EXTRAS_NOT_ON_PYPI:
@@ -62,6 +63,13 @@ def test_every_imported_module_is_declared():
             missing.append(f"{module} (imported in {where}) is not installed, so not declared")
         elif not any(n in declared for n in names):
             missing.append(f"{module} (imported in {where}) comes from {names} which pyproject does not declare")
+        else:
+            where_declared = set().union(*(declared.get(n, set()) for n in names))
+            extras = where_declared - {"test"}
+            if not extras:  # the package's own code must not need what only the tests install
+                missing.append(f"{module} (imported in {where}) is declared only in the test extra")
+            elif "dependencies" not in extras and not any(f"[{e}]" in readme for e in extras):
+                missing.append(f"{module} (imported in {where}) needs extra {sorted(extras)}, which README never names")
     assert not missing, "\n".join(missing)
 
 

@@ -127,6 +127,7 @@ class InductorBackend(Backend):
         "question-answering",
         "fill-mask",
         "text-generation",
+        "sentence-embeddings",
     )
 
     def warm_up(self) -> None:
