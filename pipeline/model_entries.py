@@ -118,7 +118,7 @@ def _local_path(model_id: str) -> Path:
         return Path(model_id)
 
 
-def _is_dir(p: Path) -> bool:
+def is_dir(p: Path) -> bool:
     try:
         return p.is_dir()
     except (OSError, ValueError):  # a name too long, a NUL byte
@@ -136,10 +136,10 @@ def is_local_id(model_id: str) -> bool:
     """A local folder: an explicit path (/, ./, ../, ~), an existing folder, a path of more
     than two parts (a Hub id is 'name' or 'org/name'), or one whose first part is a local
     root (artifacts/) or an existing folder."""
-    if model_id.startswith(("/", "./", "../", "~")) or _is_dir(_local_path(model_id)):
+    if model_id.startswith(("/", "./", "../", "~")) or is_dir(_local_path(model_id)):
         return True
     parts = model_id.split("/")
-    return len(parts) > 2 or (len(parts) == 2 and (parts[0] in LOCAL_ROOTS or _is_dir(Path(parts[0]))))
+    return len(parts) > 2 or (len(parts) == 2 and (parts[0] in LOCAL_ROOTS or is_dir(Path(parts[0]))))
 
 
 def check_model_id(model_id: str) -> str | None:
@@ -150,7 +150,7 @@ def check_model_id(model_id: str) -> str | None:
         return f"{model_id!r} holds a NUL character"
     if is_local_id(model_id):
         p = _local_path(model_id)
-        if not _is_dir(p):
+        if not is_dir(p):
             smoke = Path(model_id).as_posix().lstrip("./").startswith(SMOKE_MODELS + "/")
             hint = "; build the smoke models with `make tiny-models`" if smoke else ""
             return f"local model folder {model_id!r} does not exist{hint}"

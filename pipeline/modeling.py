@@ -15,12 +15,12 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
-import re
 import shutil
 from pathlib import Path
 from typing import Any, ClassVar
 
 from pipeline import generation, reuse
+from pipeline.artifact_folder import resolve_folder
 from pipeline.backends import get_backend
 from pipeline.backends.base import BackendUnavailable
 from pipeline.cache import Cache, artifact_files
@@ -28,7 +28,7 @@ from pipeline.config import VerifyConfig
 from pipeline.history import history
 from pipeline.hub import push_folder
 from pipeline.keys import canonical_cast_type
-from pipeline.model_entries import check_model_id, entry_from, is_local_id, validation_job
+from pipeline.model_entries import check_model_id, entry_from, validation_job
 from pipeline.obtain import ObtainError, obtain
 from pipeline.plan import make_job
 from pipeline.tasks import TASKS, get_mandatory_axes_for_task, output_class  # noqa: F401  (re-exported helper)
@@ -51,51 +51,6 @@ class UnverifiedArtifactError(ArtifactError, RuntimeError):
 
 def default_cache_dir() -> Path:
     return Path(os.environ.get("PIPELINE_CACHE_DIR", DEFAULT_CACHE))
-
-
-def _is_dir(p: Path) -> bool:
-    try:
-        return p.is_dir()
-    except (OSError, ValueError):
-        return False
-
-
-def _resolve_folder(name: str, revision: str | None, cache_dir: Path, token: str | None) -> tuple[Path, bool]:
-    """(folder, integrity already checked) for a local folder, a key (or key prefix) in the
-    local cache, or a Hub repo (downloaded)."""
-    try:
-        p = Path(name).expanduser()
-    except RuntimeError:  # ~user that does not exist
-        p = Path(name)
-    if _is_dir(p):
-        return p, False
-    if re.fullmatch(r"[0-9a-fA-F]{2,64}", name):  # a key prefix, never a Hub id
-        cache = Cache(cache_dir)
-        found = [k for k in cache.find_prefix(name) if cache.status(k) == "hit"]
-        if not found:
-            raise ArtifactNotFoundError(f"no cache entry starts with {name} in {cache_dir}")
-        if len(found) > 1:
-            raise ArtifactError(f"{name} is ambiguous in {cache_dir}: {', '.join(k[:12] for k in found)}")
-        folder, why = cache.lookup(found[0])
-        if folder is None:
-            raise ArtifactError(f"cache entry {found[0]} in {cache_dir}: {why or 'not usable'}")
-        return folder, True
-    if is_local_id(name):
-        raise ArtifactNotFoundError(f"{name}: no such artifact folder")
-    if check_model_id(name) is not None:
-        raise ArtifactNotFoundError(
-            f"{name!r} is not an artifact folder, a key prefix in {cache_dir} or a valid Hub repo id"
-        )
-    from huggingface_hub import snapshot_download
-
-    try:
-        return Path(snapshot_download(name, revision=revision, token=token)), False
-    except Exception as e:  # offline, not found, auth: name the repo and the cause
-        first = (str(e).strip().splitlines() or [""])[0]
-        raise ArtifactNotFoundError(
-            f"{name}: not a local folder or a key in {cache_dir}, and the Hub repo cannot be fetched: "
-            f"{type(e).__name__}: {first}"
-        ) from None
 
 
 class CompiledModel:
@@ -169,7 +124,7 @@ class CompiledModel:
                     f"input shapes {sorted(input_shapes)} are only accepted with export=True; "
                     "a compiled artifact carries its shapes in config.json"
                 )
-            folder, checked = _resolve_folder(str(model_id_or_path), revision, cache_dir, token)
+            folder, checked = resolve_folder(str(model_id_or_path), revision, cache_dir, token)
         model = cls._load(folder, allow_unverified, checked=export or checked)
         model.allow_other_batch = model.dynamic_batch_size or dynamic_batch_size
         model.reused_for = reused_for

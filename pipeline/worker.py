@@ -64,14 +64,8 @@ def _restore_output(saved) -> None:
     os.dup2(saved[1], 2)
 
 
-TOKENIZER_FILES = (
-    "tokenizer.json",
-    "tokenizer_config.json",
-    "vocab.txt",
-    "vocab.json",
-    "spiece.model",
-    "tokenizer.model",
-)
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "vocab.json", "spiece.model",
+                   "tokenizer.model")  # fmt: skip
 
 
 def _tokenizer(path: str, revision: str | None, local: bool):
