@@ -11,14 +11,13 @@ from rich.table import Table
 from pipeline import keys
 from pipeline.cache import Cache
 from pipeline.cli.console import console, err, print_advice
-from pipeline.cli.run import run
+from pipeline.cli.run import annotate_for, run
 from pipeline.gc import describe as describe_gc
 from pipeline.gc import gc
-from pipeline.history import shared_history
 from pipeline.listing import age, local_variants, shared_variants
 from pipeline.merge import MergeError, merge_reports
 from pipeline.model_entries import RevisionError
-from pipeline.plan import annotate, combinations, describe, plan, write_plan
+from pipeline.plan import combinations, describe, plan, write_plan
 from pipeline.report import mark_latest, new_run_dir
 from pipeline.shared_cache import describe as shared_name
 from pipeline.sync import SyncError, sync
@@ -75,17 +74,10 @@ def _minutes(seconds: float) -> str:
 WHY = {"new": "new variant", "shared-hit": "shared cache", "shared": "rebuild (shared)"}  # plan table's "why"
 
 
-def _trusted(cfg: dict) -> list[str]:
-    return list((cfg.get("shared_cache") or {}).get("trusted_repos") or [])
-
-
 def plan_mode(resolved) -> int:
     cfg = resolved.cfg
     jobs = _plan_or_exit(resolved)
-    shared = lambda: shared_history(cfg["publish"], _trusted(cfg))  # noqa: E731
-    totals = annotate(jobs, Cache(cfg["cache"]["dir"]), shared, bool(cfg.get("reuse_larger_shapes")))
-    for line in totals["reused"]:
-        console.print(line, markup=False, soft_wrap=True)
+    totals = annotate_for(cfg, jobs)
     table = Table(title=f"plan: {len(jobs)} jobs")
     for col in ("#", "model", "task", "batch", "seq", "cast", "backend", "key", "status", "est.", "why"):
         table.add_column(col, overflow="fold")

@@ -111,17 +111,23 @@ def make_executor(cfg: dict, run_dir):
     return LocalExecutor(cfg, run_dir)
 
 
+def annotate_for(cfg: dict, jobs: list[dict]) -> dict:
+    """`plan.annotate` as configured (shared cache's index read only when trusted,
+    reuse_larger_shapes), printing the reused larger entries; the totals. For mode=plan and runs."""
+    trusted = list((cfg.get("shared_cache") or {}).get("trusted_repos") or [])
+    shared = lambda: shared_history(cfg["publish"], trusted)  # noqa: E731
+    totals = annotate(jobs, Cache(cfg["cache"]["dir"]), shared, bool(cfg.get("reuse_larger_shapes")))
+    for line in totals["reused"]:
+        console.print(line, markup=False, soft_wrap=True)
+    return totals
+
+
 def run(resolved, jobs: list[dict]) -> int:
     """Execute the plan, publish, write the reports; the exit code. The reports are written
     whatever happens: a signal (exit 130 / 143), an internal error (exit 3)."""
     cfg = resolved.cfg
     run_dir = new_run_dir(cfg["report"]["dir"])
-    trusted = list((cfg.get("shared_cache") or {}).get("trusted_repos") or [])
-    shared = lambda: shared_history(cfg["publish"], trusted)  # noqa: E731
-    # estimates, rebuild reasons and reused larger entries, in plan.json and the rows
-    totals = annotate(jobs, Cache(cfg["cache"]["dir"]), shared, bool(cfg.get("reuse_larger_shapes")))
-    for line in totals["reused"]:
-        console.print(line, markup=False, soft_wrap=True)
+    annotate_for(cfg, jobs)  # estimates, rebuild reasons and reused larger entries, in plan.json and the rows
     try:
         write_plan(jobs, run_dir / "plan.json")
     except OSError as e:

@@ -196,8 +196,8 @@ class InductorBackend(Backend):
         weights = self.options.get("weights")
         if weights not in refit.MODES:
             errors.append(f"backend.weights: {weights!r} is not one of {', '.join(refit.MODES)}")
-        elif weights == "refit" and refit.unsupported(job["task"], job["cast_type"]):
-            errors.append(f"backend.weights: {refit.unsupported(job['task'], job['cast_type'])}")
+        elif weights == "refit" and (why := refit.unsupported(job["task"], job["cast_type"])):
+            errors.append(f"backend.weights: {why}")
         if job["cast_type"] == "int8" and job["task"] == "text-generation":
             errors.append("cast_type: int8 is supported for encoder tasks only on the inductor backend")
         if job["cast_type"] == "int8" and self.options.get("device") == "cuda":
